@@ -1,0 +1,108 @@
+"""Config parsing for every stage: a YAML recipe plus CLI overrides through TRL's ``TrlParser``.
+
+A stage declares typed dataclasses (its own arguments, the TRL config it wraps and
+``trl.ModelConfig``); :func:`parse_config` fills them from ``--config recipe.yaml`` and
+``--field value`` overrides. An unknown key in the recipe or on the command line is an error that
+names the key, the file and its line. :func:`resolved_config` gives the JSON that goes into the
+manifest and whose hash identifies a build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+# Fields that change where or how a run is logged, never what it computes: left out of the hash.
+NON_SEMANTIC_FIELDS = frozenset({
+    "output_dir", "logging_dir", "run_name", "report_to", "logging_steps", "logging_strategy",
+    "logging_first_step", "save_steps", "save_strategy", "save_total_limit", "save_only_model",
+    "dry_run", "overwrite_output_dir", "disable_tqdm", "push_to_hub", "hub_model_id", "hub_strategy",
+    "hub_token", "hub_private_repo", "resume_from_checkpoint", "runs_dir", "log_level", "log_level_replica",
+    "log_on_each_node", "eval_steps", "eval_strategy", "dataloader_num_workers", "project", "trackio_space_id",
+    "trackio_bucket_id", "logging_nan_inf_filter", "include_num_input_tokens_seen",
+})
+
+
+class ConfigError(ValueError):
+    """A recipe or command line that does not fit the stage's config."""
+
+
+def _key_line(path: Path, key: str) -> int | None:
+    try:
+        for i, line in enumerate(path.read_text().splitlines(), start=1):
+            if re.match(rf"^\s*{re.escape(key)}\s*:", line):
+                return i
+    except OSError:
+        return None
+    return None
+
+
+def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, *, prog: str | None = None):
+    """Parse ``--config recipe.yaml`` and CLI overrides into instances of ``dataclass_types``."""
+    from trl import TrlParser  # noqa: PLC0415 - keep `import stages.common` light
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = TrlParser(list(dataclass_types), prog=prog)
+    config_path = Path(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else None
+    if config_path is not None:
+        _check_recipe_keys(config_path, dataclass_types)
+    try:
+        *parsed, cli_rest = parser.parse_args_and_config(argv, return_remaining_strings=True)
+    except ValueError as e:  # a value that does not fit its field, or a config's own validation
+        where = f"{config_path}: " if config_path else ""
+        raise ConfigError(f"{where}{e}") from e
+    if cli_rest:
+        raise ConfigError(f"unknown command-line argument(s): {' '.join(cli_rest)}")
+    return tuple(parsed)
+
+
+def _check_recipe_keys(path: Path, dataclass_types: Sequence[type]) -> None:
+    import yaml  # noqa: PLC0415
+
+    if not path.is_file():
+        raise ConfigError(f"recipe '{path}' does not exist")
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"{path}: a recipe must be a YAML mapping of field: value")
+    fields = {f.name for t in dataclass_types for f in dataclasses.fields(t)} | {"env"}
+    unknown = [k for k in recipe if k not in fields]
+    if unknown:
+        where = ", ".join(f"'{k}' (line {ln})" if (ln := _key_line(path, k)) else f"'{k}'" for k in unknown)
+        raise ConfigError(
+            f"{path}: unknown key(s) {where}: not a field of {', '.join(t.__name__ for t in dataclass_types)}"
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def resolved_config(*configs: Any, extra: dict | None = None) -> dict:
+    """The resolved config as JSON, one section per dataclass, without non-semantic fields."""
+    out: dict[str, Any] = {}
+    for cfg in configs:
+        if cfg is None:
+            continue
+        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg)
+        out[type(cfg).__name__] = {
+            k: _jsonable(v) for k, v in sorted(values.items()) if k not in NON_SEMANTIC_FIELDS and not k.startswith("_")
+        }
+    if extra:
+        out.update(_jsonable(extra))
+    return out

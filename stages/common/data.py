@@ -1,0 +1,234 @@
+"""Data record formats and validated jsonl I/O: the one place that defines them.
+
+Formats (see docs/data-formats.md):
+- Problem: ``{"id", "question", "answer"}``; ``answer`` is the gold final answer as a string.
+- Verified solution: Problem plus ``completion``, ``executed_answer``, ``correct``, ``source``,
+  ``n_tokens``.
+- Step-labelled solution (PRM): TRL's stepwise format ``{"prompt", "completions", "labels"}``.
+
+Every row read is validated; a bad row raises :class:`DataFormatError` naming file, line and
+field. Nothing is dropped silently. Writes are atomic (temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+# field -> (accepted types, required)
+Schema = dict[str, tuple[tuple[type, ...], bool]]
+
+PROBLEM: Schema = {"id": ((str,), True), "question": ((str,), True), "answer": ((str,), True)}
+VERIFIED: Schema = {
+    **PROBLEM,
+    "completion": ((str,), True),
+    "executed_answer": ((str, type(None)), True),
+    "correct": ((bool,), True),
+    "source": ((str,), True),
+    "n_tokens": ((int,), True),
+}
+STEPWISE: Schema = {
+    "prompt": ((str,), True),
+    "completions": ((list,), True),
+    "labels": ((list,), True),
+}
+SCHEMAS = {"problem": PROBLEM, "verified": VERIFIED, "stepwise": STEPWISE}
+
+
+class DataFormatError(ValueError):
+    """A data file row that does not match its format; the message names file, line and field."""
+
+    def __init__(self, path: str | os.PathLike, line: int | None, field: str | None, message: str):
+        where = f"{path}" + (f":{line}" if line is not None else "")
+        what = f" field '{field}'" if field else ""
+        super().__init__(f"{where}:{what} {message}".replace(":  ", ": "))
+        self.path, self.line, self.field = str(path), line, field
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def validate_row(row: Any, schema: Schema, path: str | os.PathLike = "<data>", line: int | None = None) -> dict:
+    """Check one row against ``schema``; return it or raise :class:`DataFormatError`."""
+    if not isinstance(row, dict):
+        raise DataFormatError(path, line, None, f"expected a JSON object, got {type(row).__name__}")
+    for field, (types, required) in schema.items():
+        if field not in row:
+            if required:
+                raise DataFormatError(path, line, field, "is missing")
+            continue
+        value = row[field]
+        # bool is an int subclass: an int field must not accept True/False and vice versa
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            raise DataFormatError(
+                path, line, field, f"expected {_type_names(types)}, got {type(value).__name__} {value!r:.60}"
+            )
+        if types == (str,) and field in ("id", "question", "answer") and not value.strip():
+            raise DataFormatError(path, line, field, "is empty")
+    if schema is STEPWISE:
+        _validate_stepwise(row, path, line)
+    return row
+
+
+def _validate_stepwise(row: dict, path, line) -> None:
+    completions, labels = row["completions"], row["labels"]
+    if not all(isinstance(c, str) for c in completions):
+        raise DataFormatError(path, line, "completions", "every step must be a string")
+    if len(completions) != len(labels):
+        raise DataFormatError(
+            path, line, "labels", f"has {len(labels)} labels for {len(completions)} steps"
+        )
+    for i, lab in enumerate(labels):
+        if isinstance(lab, bool) or lab in ("negative", "neutral", "positive"):
+            continue
+        if isinstance(lab, int | float) and 0.0 <= float(lab) <= 1.0:
+            continue
+        raise DataFormatError(
+            path, line, f"labels[{i}]", f"must be a bool, a number in [0, 1] or a class name, got {lab!r}"
+        )
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) for every non-blank line; bad JSON names the line."""
+    path = Path(path)
+    try:
+        fh = path.open(encoding="utf-8")
+    except OSError as e:
+        raise DataFormatError(path, None, None, f"cannot be read: {e.strerror or e}") from e
+    with fh:
+        for lineno, text in enumerate(fh, start=1):
+            if not text.strip():
+                continue
+            try:
+                yield lineno, json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(path, lineno, None, f"is not valid JSON ({e.msg} at column {e.colno})") from e
+
+
+def read_jsonl(path: str | os.PathLike, schema: Schema | str | None = None) -> list[dict]:
+    """Read a jsonl file, validating every row against ``schema`` (a Schema or a name in SCHEMAS)."""
+    if isinstance(schema, str):
+        schema = SCHEMAS[schema]
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        rows.append(validate_row(row, schema, path, lineno) if schema is not None else row)
+    return rows
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> int:
+    """Atomically write ``rows`` as jsonl; returns the number of rows."""
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=str) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Problem sources: "arith:<split>[:n[:seed]]", "gsm8k:<split>[:n]", or a jsonl path.
+
+_GSM8K_FINAL_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
+
+
+def gsm8k_gold(solution: str) -> str:
+    """The gold answer of a GSM8K worked solution (the text after ``####``, commas removed)."""
+    m = _GSM8K_FINAL_RE.search(solution)
+    if m is None:
+        raise ValueError("no '####' final answer")
+    return m.group(1).strip().replace(",", "")
+
+
+def gsm8k_dir() -> Path | None:
+    """The local GSM8K copy: $MATHFORGE_GSM8K_DIR, else ../shared/data/gsm8k beside the repo."""
+    env = os.environ.get("MATHFORGE_GSM8K_DIR")
+    candidates = [Path(env)] if env else []
+    repo = Path(__file__).resolve().parents[2]
+    candidates += [repo.parent / "shared" / "data" / "gsm8k", repo / "data" / "gsm8k"]
+    for c in candidates:
+        if (c / "test.jsonl").is_file():
+            return c
+    return None
+
+
+def load_gsm8k(split: str) -> list[dict]:
+    """GSM8K as Problem rows (plus ``solution``, the worked solution): the local copy when
+    present, else ``openai/gsm8k`` from the hub."""
+    local = gsm8k_dir()
+    if local is not None:
+        path = local / f"{split}.jsonl"
+        raw = [(lineno, r) for lineno, r in iter_jsonl(path)]
+    else:
+        import datasets  # noqa: PLC0415 - only when no local copy exists
+
+        ds = datasets.load_dataset("openai/gsm8k", "main", split=split)
+        path = Path(f"hf://openai/gsm8k/{split}")
+        raw = list(enumerate(ds, start=1))
+    rows = []
+    for lineno, r in raw:
+        for field in ("question", "answer"):
+            if not isinstance(r.get(field), str):
+                raise DataFormatError(path, lineno, field, "is missing or not a string")
+        try:
+            gold = gsm8k_gold(r["answer"])
+        except ValueError as e:
+            raise DataFormatError(path, lineno, "answer", str(e)) from e
+        rows.append({"id": f"gsm8k-{split}-{lineno - 1}", "question": r["question"], "answer": gold,
+                     "solution": r["answer"]})
+    return rows
+
+
+def load_problems(source: str, *, seed: int = 0) -> list[dict]:
+    """Problems from a source spec:
+
+    - ``arith:<split>[:n[:seed]]``: the embedded arithmetic task (``stages.common.arith``);
+    - ``gsm8k:<split>[:n]``: GSM8K (local copy or hub);
+    - a path to a jsonl of Problem rows, or of raw GSM8K rows (``answer`` ending in ``#### x``).
+    """
+    kind, _, rest = source.partition(":")
+    if kind == "arith" and rest:
+        from stages.common import arith  # noqa: PLC0415
+
+        parts = rest.split(":")
+        n = int(parts[1]) if len(parts) > 1 and parts[1] else 500
+        s = int(parts[2]) if len(parts) > 2 and parts[2] else seed
+        return arith.generate_problems(n, split=parts[0], seed=s)
+    if kind == "gsm8k" and rest and not Path(source).exists():
+        split, _, n = rest.partition(":")
+        rows = load_gsm8k(split)
+        return rows[: int(n)] if n else rows
+    rows = []
+    for lineno, r in iter_jsonl(source):
+        if isinstance(r, dict) and "id" not in r and isinstance(r.get("answer"), str) and "####" in r["answer"]:
+            try:
+                r = {"id": f"{Path(source).stem}-{lineno - 1}", "question": r.get("question"),
+                     "answer": gsm8k_gold(r["answer"]), "solution": r["answer"]}
+            except ValueError as e:
+                raise DataFormatError(source, lineno, "answer", str(e)) from e
+        rows.append(validate_row(r, PROBLEM, source, lineno))
+    return rows
+

@@ -1,0 +1,109 @@
+"""Model and tokenizer loading for every stage: hub ids, local folders and stage checkpoints.
+
+``model_name_or_path`` in a recipe (``trl.ModelConfig``) may be a hub id (``Qwen/Qwen2.5-Math-1.5B``),
+a local HF folder, a stage checkpoint (``runs/<run>/sft`` or ``runs/<run>/sft/v2``) or ``tiny``, the
+embedded default model, which is built once per run into ``runs/<run>/base/`` as an ordinary
+checkpoint. dtype, attention implementation, quantization (QLoRA through bitsandbytes) and LoRA
+(through peft) come from ``ModelConfig``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from stages.common.checkpoint import Parent, checkpoint_key, open_stage, resolve_parent
+
+log = logging.getLogger(__name__)
+
+TINY = "tiny"
+
+
+def materialize_parent(spec: str, run_dir: str | Path, *, is_main: bool = True, seed: int = 0) -> Parent:
+    """Resolve ``spec`` to a parent; ``tiny`` builds the embedded model as ``<run>/base/vN``."""
+    if spec != TINY:
+        return resolve_parent(spec)
+    from stages.common import tiny  # noqa: PLC0415
+
+    key = checkpoint_key(config={"builder": "tiny", "sizes": tiny.DEFAULT_SIZES, "seed": seed}, parent=None,
+                         inputs=[], seed=seed)
+    ckpt = open_stage(run_dir, "base", key, is_main=is_main)
+    if ckpt.status != "done" and is_main:
+        tiny.build_tiny_checkpoint(ckpt.partial_dir / "model", seed=seed, **tiny.DEFAULT_SIZES)
+        _move_model_files(ckpt.partial_dir / "model", ckpt.partial_dir)
+        ckpt.finalize(metrics={}, extra={"note": "embedded tiny Qwen2 model and byte-level BPE tokenizer"})
+    if not is_main:
+        _wait_for_main()
+        ckpt = open_stage(run_dir, "base", key, is_main=False)
+    return resolve_parent(str(ckpt.final_dir))
+
+
+def _move_model_files(src: Path, dst: Path) -> None:
+    for f in src.iterdir():
+        f.replace(dst / f.name)
+    src.rmdir()
+
+
+def _wait_for_main() -> None:
+    from accelerate import PartialState  # noqa: PLC0415
+
+    PartialState().wait_for_everyone()
+
+
+def load_tokenizer(path: str, *, padding_side: str = "left", revision: str | None = None):
+    """The parent's tokenizer, with a pad token (generation pads on the left)."""
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=False)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def model_kwargs(model_args: Any, *, device_map: Any = None) -> dict:
+    """from_pretrained keyword arguments from a ``trl.ModelConfig`` (dtype, attention, quantization)."""
+    import torch  # noqa: PLC0415
+    from trl.trainer.utils import get_quantization_config  # noqa: PLC0415
+
+    dtype = getattr(model_args, "dtype", None) or "auto"
+    if dtype not in ("auto", None):
+        dtype = getattr(torch, dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype, "revision": getattr(model_args, "model_revision", "main"),
+                              "trust_remote_code": bool(getattr(model_args, "trust_remote_code", False))}
+    if getattr(model_args, "attn_implementation", None):
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    quant = get_quantization_config(model_args)
+    if quant is not None:
+        from accelerate import PartialState  # noqa: PLC0415
+
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": PartialState().local_process_index}
+    elif device_map is not None:
+        kwargs["device_map"] = device_map
+    return kwargs
+
+
+def load_causal_lm(path: str, model_args: Any = None, **overrides):
+    """A causal LM from a hub id, folder or checkpoint; a PEFT adapter folder is loaded on its base
+    model and merged, so that later stages always start from plain weights."""
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    kwargs = model_kwargs(model_args) if model_args is not None else {"dtype": "auto"}
+    kwargs.update(overrides)
+    if (Path(path) / "adapter_config.json").exists() and not (Path(path) / "config.json").exists():
+        from peft import AutoPeftModelForCausalLM  # noqa: PLC0415
+
+        return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
+    return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+
+
+def peft_config(model_args: Any, task_type: str | None = None):
+    """LoRA config from ``ModelConfig`` (``use_peft``), or None."""
+    from trl.trainer.utils import get_peft_config  # noqa: PLC0415
+
+    cfg = get_peft_config(model_args)
+    if cfg is not None and task_type is not None:
+        cfg.task_type = task_type
+    return cfg
