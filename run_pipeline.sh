@@ -48,6 +48,16 @@ for stage in $STAGES; do
     exit 1
   fi
   echo "=== [$stage] done in $(( $(date +%s) - t0 ))s"
+  # Evaluate every training stage's checkpoint on the recipe's eval sets (eval/ writes into its
+  # eval/ folder; the synth stage writes data, not a model).
+  if [ "$stage" != synth ] && [ -f eval/gsm8k.py ] && [ -f "$RECIPE/eval.yaml" ]; then
+    echo "=== [eval $stage]"
+    if ! .venv/bin/accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_PROCESSES" \
+        -m eval.gsm8k --config "$RECIPE/eval.yaml" --model "$RUNS_DIR/$RUN/$stage"; then
+      echo "run_pipeline: evaluation of stage '$stage' FAILED" >&2
+      exit 1
+    fi
+  fi
 done
 echo
 $PY -m stages.common lineage "$RUNS_DIR/$RUN" || true

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from stages.common.data import DataFormatError, load_problems, read_jsonl
 from stages.common.pot import build_messages, format_completion
-from stages.common.stage import StageArguments, StageContext, setup_logging
+from stages.common.stage import StageArguments, StageContext, cli, setup_logging
 
 log = logging.getLogger("mathforge.sft")
 
@@ -31,12 +31,18 @@ class SFTStageArguments(StageArguments):
     )
     eval_data: list[str] = field(
         default_factory=lambda: ["arith:test:500"],
-        metadata={"help": "Problem sources for the after-training pass@1 (arith:..., gsm8k:test[:n], a jsonl)."},
+        metadata={"help": "Problem sources for the after-training pass@1 (arith:..., gsm8k:test[:n], a jsonl; "
+                          "'none' for no evaluation)."},
     )
     eval_max_new_tokens: int = field(default=160, metadata={"help": "Generation budget of the pass@1 eval."})
     eval_batch_size: int = field(default=64, metadata={"help": "Generation batch size of the pass@1 eval."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
     export_merged: bool = field(default=False, metadata={"help": "With LoRA, also save merged full weights."})
+
+
+def resolve_source(src: str, run_dir: Path) -> str:
+    """``@<stage>`` means the latest checkpoint of that stage in this run (e.g. ``@synth``)."""
+    return str(run_dir / src[1:]) if src.startswith("@") else src
 
 
 def _input_files(sources: list[str]) -> list[str]:
@@ -88,22 +94,26 @@ def to_prompt_completion(row: dict) -> dict:
 def main(argv: list[str] | None = None) -> Path | None:
     from trl import ModelConfig, SFTConfig  # noqa: PLC0415
 
-    from stages.common.config import parse_config  # noqa: PLC0415
+    from stages.common.config import ConfigError, parse_config  # noqa: PLC0415
 
     args, cfg, model_args = parse_config((SFTStageArguments, SFTConfig, ModelConfig), argv, prog="stages.sft")
     setup_logging()
     if not model_args.model_name_or_path:
-        raise SystemExit("stages.sft: model_name_or_path is required (a hub id, a folder, a checkpoint or 'tiny')")
+        raise ConfigError("model_name_or_path is required (a hub id, a folder, a checkpoint, @<stage> or 'tiny')")
+    run_dir = Path(args.runs_dir) / args.run
+    args.train_data = [resolve_source(s, run_dir) for s in args.train_data]
+    args.eval_data = [resolve_source(s, run_dir) for s in args.eval_data if s.lower() != "none"]
+    # read and validate all data before anything is written
+    rows = load_sft_rows(args.train_data, seed=cfg.seed)
+    if args.max_train_samples:
+        rows = rows[: args.max_train_samples]
+    eval_problems = [p for src in args.eval_data for p in load_problems(src, seed=cfg.seed)]
     inputs = _input_files(args.train_data) + _input_files(args.eval_data)
     ctx = StageContext("sft", args, (args, cfg, model_args), parent=model_args.model_name_or_path, inputs=inputs,
                        seed=cfg.seed)
     if ctx.done:
         ctx.report_skip()
         return ctx.ckpt.final_dir
-    rows = load_sft_rows(args.train_data, seed=cfg.seed)
-    if args.max_train_samples:
-        rows = rows[: args.max_train_samples]
-    eval_problems = [p for src in args.eval_data for p in load_problems(src, seed=cfg.seed)]
     if args.dry_run:
         ctx.print_plan(train_rows=len(rows), eval_problems=len(eval_problems), trainer=type(cfg).__name__,
                        use_peft=model_args.use_peft)
@@ -169,4 +179,4 @@ def _save_model(trainer, tokenizer, out: Path, export_merged: bool) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main, "stages.sft")

@@ -35,7 +35,9 @@ def cmd_lineage(path: str, as_json: bool) -> int:
         if not ckpts:
             print(f"lineage: no complete checkpoint under '{path}'", file=sys.stderr)
             return 1
-        newest = ckpts[-1]["path"]
+        parents = {(m.get("parent") or {}).get("path") for m in ckpts}
+        leaves = [m for m in ckpts if m["path"] not in parents and str(Path(m["path"]).resolve()) not in parents]
+        newest = (leaves or ckpts)[-1]["path"]
         chain = lineage(newest)
         if as_json:
             print(json.dumps({"checkpoints": ckpts, "chain": chain}, indent=2, default=str))

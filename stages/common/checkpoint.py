@@ -52,7 +52,7 @@ def sha256_json(obj: Any) -> str:
 
 
 def now_iso() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds")
 
 
 def package_versions() -> dict[str, str]:
@@ -209,8 +209,8 @@ class StageCheckpoint:
         steps = []
         for c in self.trainer_dir.glob("checkpoint-*"):
             m = re.fullmatch(r"checkpoint-(\d+)", c.name)
-            # a trainer checkpoint is usable once its trainer_state.json is written (the last file)
-            if m and (c / "trainer_state.json").exists():
+            # transformers writes trainer_state.json last: a checkpoint is usable once it parses
+            if m and _is_json(c / "trainer_state.json"):
                 steps.append((int(m.group(1)), c))
         return str(max(steps)[1]) if steps else None
 
@@ -242,6 +242,14 @@ class StageCheckpoint:
         _point_latest(self.stage_dir, self.final_dir.name)
         self.status = "done"
         return self.final_dir
+
+
+def _is_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _point_latest(stage_dir: Path, target: str) -> None:

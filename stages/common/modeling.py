@@ -20,15 +20,22 @@ log = logging.getLogger(__name__)
 TINY = "tiny"
 
 
-def materialize_parent(spec: str, run_dir: str | Path, *, is_main: bool = True, seed: int = 0) -> Parent:
-    """Resolve ``spec`` to a parent; ``tiny`` builds the embedded model as ``<run>/base/vN``."""
+def materialize_parent(spec: str, run_dir: str | Path, *, is_main: bool = True, seed: int = 0,
+                       dry_run: bool = False) -> Parent:
+    """Resolve ``spec`` to a parent: ``tiny`` builds the embedded model as ``<run>/base/vN``;
+    ``@<stage>`` is the latest checkpoint of that stage in this run; anything else goes to
+    :func:`resolve_parent` (a checkpoint, a local folder or a hub id)."""
+    if spec.startswith("@"):
+        return resolve_parent(str(Path(run_dir) / spec[1:]))
     if spec != TINY:
         return resolve_parent(spec)
     from stages.common import tiny  # noqa: PLC0415
 
     key = checkpoint_key(config={"builder": "tiny", "sizes": tiny.DEFAULT_SIZES, "seed": seed}, parent=None,
                          inputs=[], seed=seed)
-    ckpt = open_stage(run_dir, "base", key, is_main=is_main)
+    ckpt = open_stage(run_dir, "base", key, is_main=is_main and not dry_run)
+    if dry_run and ckpt.status != "done":
+        return Parent(spec, str(ckpt.final_dir), "tiny (would be built)")
     if ckpt.status != "done" and is_main:
         tiny.build_tiny_checkpoint(ckpt.partial_dir / "model", seed=seed, **tiny.DEFAULT_SIZES)
         _move_model_files(ckpt.partial_dir / "model", ckpt.partial_dir)

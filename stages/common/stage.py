@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,8 @@ class StageContext:
         self.args = args
         self.run_dir = Path(args.runs_dir) / args.run
         self.seed = seed
-        self.parent = materialize_parent(parent, self.run_dir, is_main=self.state.is_main_process, seed=seed) \
-            if parent else None
+        self.parent = materialize_parent(parent, self.run_dir, is_main=self.state.is_main_process, seed=seed,
+                                         dry_run=args.dry_run) if parent else None
         config = resolved_config(*configs, extra={"world_size": self.state.num_processes, **(extra_config or {})})
         self.key = checkpoint_key(config=config, parent=self.parent, inputs=[str(p) for p in inputs], seed=seed)
         if args.dry_run:
@@ -148,4 +149,18 @@ class StageContext:
         return self.ckpt.final_dir
 
 
-__all__ = ["StageArguments", "StageContext", "StageCheckpoint", "setup_logging"]
+def cli(main: Callable[[], Any], prog: str) -> None:
+    """Run a stage's ``main`` as a command: a user error (bad recipe, bad data row, unusable parent)
+    prints one clear line and exits 2 instead of a traceback."""
+    from stages.common.checkpoint import CheckpointError  # noqa: PLC0415
+    from stages.common.config import ConfigError  # noqa: PLC0415
+    from stages.common.data import DataFormatError  # noqa: PLC0415
+
+    try:
+        main()
+    except (ConfigError, DataFormatError, CheckpointError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+__all__ = ["StageArguments", "StageContext", "StageCheckpoint", "cli", "setup_logging"]
