@@ -38,7 +38,7 @@ def _recipe_configs(steps: int, out: str):
 
     args, cfg, model_args = parse_config(
         (SFTStageArguments, SFTConfig, ModelConfig),
-        ["--config", str(RECIPE), "--max_steps", str(steps), "--output_dir", out, "--save_strategy", "no",
+        ["--config", str(RECIPE), "--train_data", "arith:train:4000", "--max_steps", str(steps), "--output_dir", out, "--save_strategy", "no",
          "--logging_steps", str(steps), "--eval_data", "none"],
     )
     return args, cfg, model_args
@@ -102,7 +102,7 @@ def main() -> None:
 
     # 3. the stage
     t0 = time.perf_counter()
-    sft_main(["--config", str(RECIPE), "--runs_dir", str(tmp / "runs"), "--run", "bench", "--max_steps", str(steps),
+    sft_main(["--config", str(RECIPE), "--train_data", "arith:train:4000", "--runs_dir", str(tmp / "runs"), "--run", "bench", "--max_steps", str(steps),
               "--eval_data", "none", "--save_strategy", "no", "--logging_steps", str(steps)])
     stage_wall = time.perf_counter() - t0
     metrics = json.loads((tmp / "runs" / "bench" / "sft" / "latest" / "metrics.json").read_text())

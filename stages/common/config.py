@@ -25,6 +25,9 @@ NON_SEMANTIC_FIELDS = frozenset({
     "hub_token", "hub_private_repo", "resume_from_checkpoint", "runs_dir", "log_level", "log_level_replica",
     "log_on_each_node", "eval_steps", "eval_strategy", "dataloader_num_workers", "project", "trackio_space_id",
     "trackio_bucket_id", "logging_nan_inf_filter", "include_num_input_tokens_seen",
+    # synth's operational knobs: its response cache makes a rerun free whatever they are
+    "concurrency", "request_timeout_s", "request_deadline_s", "max_retries", "backoff_base_s", "backoff_max_s",
+    "cache_dir", "generation_batch_size",
 })
 
 

@@ -1,0 +1,45 @@
+"""The README's pipeline command end to end on the embedded default (the tiny recipe): every stage
+that exists runs through `accelerate launch`, the SFT stage reaches its pass@1 target, a rerun
+skips every stage, and a failing stage stops the pipeline with its name."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pipeline(runs: Path, **env):
+    full_env = {**os.environ, "RUNS_DIR": str(runs), "PYTHONUNBUFFERED": "1", **env}
+    return subprocess.run(["./run_pipeline.sh"], cwd=REPO, env=full_env, capture_output=True, text=True,
+                          timeout=1800)
+
+
+@pytest.mark.slow
+def test_pipeline_on_embedded_default(tmp_path):
+    out = _pipeline(tmp_path)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    run = tmp_path / "tiny"
+    sft = json.loads((run / "sft" / "latest" / "metrics.json").read_text())
+    assert sft["eval"]["n"] == 500
+    assert sft["eval"]["pass@1"] >= 0.90, sft["eval"]
+    assert "chain (newest first)" in out.stdout and "base/v1" in out.stdout
+    again = _pipeline(tmp_path)
+    assert again.returncode == 0
+    assert "already complete" in again.stdout
+    assert sorted(p.name for p in (run / "sft").iterdir()) == ["latest", "v1"]
+
+
+@pytest.mark.slow
+def test_pipeline_stops_at_failing_stage(tmp_path):
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    (recipe / "sft.yaml").write_text((REPO / "recipes" / "tiny" / "sft.yaml").read_text() + "\nno_such_key: 1\n")
+    out = _pipeline(tmp_path, RECIPE=str(recipe), STAGES="sft")
+    assert out.returncode == 1
+    assert "stage 'sft' FAILED" in out.stderr and "unknown key(s) 'no_such_key'" in out.stderr
