@@ -8,6 +8,7 @@ install:
 	@bash scripts/bootstrap.sh
 
 test: install
+	@bash scripts/ensure_chromium.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install

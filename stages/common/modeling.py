@@ -40,8 +40,8 @@ def materialize_parent(spec: str, run_dir: str | Path, *, is_main: bool = True, 
         tiny.build_tiny_checkpoint(ckpt.partial_dir / "model", seed=seed, **tiny.DEFAULT_SIZES)
         _move_model_files(ckpt.partial_dir / "model", ckpt.partial_dir)
         ckpt.finalize(metrics={}, extra={"note": "embedded tiny Qwen2 model and byte-level BPE tokenizer"})
+    _wait_for_main()  # every rank passes this barrier once, the main process after building
     if not is_main:
-        _wait_for_main()
         ckpt = open_stage(run_dir, "base", key, is_main=False)
     return resolve_parent(str(ckpt.final_dir))
 
@@ -55,7 +55,9 @@ def _move_model_files(src: Path, dst: Path) -> None:
 def _wait_for_main() -> None:
     from accelerate import PartialState  # noqa: PLC0415
 
-    PartialState().wait_for_everyone()
+    state = PartialState()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
 
 
 def load_tokenizer(path: str, *, padding_side: str = "left", revision: str | None = None):
