@@ -57,7 +57,8 @@ def main() -> None:
     from trl import SFTTrainer
 
     from stages.common.modeling import load_causal_lm, load_tokenizer, materialize_parent
-    from stages.sft import load_sft_rows, main as sft_main, to_prompt_completion
+    from stages.sft import load_sft_rows, to_prompt_completion
+    from stages.sft import main as sft_main
 
     if opts.threads:
         torch.set_num_threads(opts.threads)

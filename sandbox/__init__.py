@@ -10,9 +10,10 @@ lazily so that the worker processes (``python -m sandbox._server``) load none of
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # (typing is not imported: the worker template must stay small)
 if TYPE_CHECKING:
+    from typing import Any
+
     from sandbox.config import ExecResult, SandboxConfig
     from sandbox.pool import Sandbox, get_sandbox, isolation_report
 

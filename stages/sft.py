@@ -134,8 +134,10 @@ def train(ctx: StageContext, args: SFTStageArguments, cfg, model_args, rows: lis
     tokenizer = load_tokenizer(ctx.parent.path, padding_side="right")
     model = load_causal_lm(ctx.parent.path, model_args)
     dataset = datasets.Dataset.from_list([to_prompt_completion(r) for r in rows])
+    t_prep = time.perf_counter()
     trainer = SFTTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config(model_args))
+    log.info("%d training rows tokenized in %.1fs", len(rows), time.perf_counter() - t_prep)
     resume = ctx.resume_checkpoint()
     if resume:
         log.info("resuming from %s", resume)

@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--train_data", "arith:train:4000", "--max_train_samples", "256", "--per_device_train_batch_size", "16", "--logging_steps", "4",
-        "--eval_data", "arith:test:24", "--eval_batch_size", "24", "--eval_max_new_tokens", "96"]
+        "--eval_data", "arith:test:24", "--eval_batch_size", "24", "--eval_max_new_tokens", "96", "--num_train_epochs", "1"]
 
 
 def _env():

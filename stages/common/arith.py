@@ -56,8 +56,9 @@ ITEMS = (
     Item("crayons", "box"), Item("buttons", "tin"), Item("plums", "basket", True),
 )
 
-# Things bought at a unit price (shopping and pocket money).
-GOODS = ("pens", "notebooks", "tickets", "cupcakes", "balloons", "comics", "socks", "mugs")
+# Things bought at a unit price (shopping and pocket money): the same countable items, so that
+# a tiny model learns one set of nouns to carry from the question into the program.
+GOODS = tuple(item.plural for item in ITEMS)
 # One-off purchases: (noun, variable name).
 THINGS = ("book", "hat", "kite", "ball", "lamp", "puzzle", "scarf", "game")
 CHORES = ("washing the car", "walking a dog", "mowing the lawn", "raking leaves", "babysitting")
@@ -134,7 +135,7 @@ def _collection(d: _Draft, level: int) -> str:
         d.value, d.expr, d.ops = n * each, f"{n}*{each}", 1
         d.used.add(f"{box}s")
     else:
-        a = rng.randint(5, 60)
+        a = rng.randint(5, 99)
         d.sentences.append(rng.choice([
             f"{d.name} has {a} {item.plural}.",
             f"{d.name} starts with {a} {item.plural}.",
@@ -158,11 +159,11 @@ def _collection(d: _Draft, level: int) -> str:
             table = gains if kind == "gain" else losses
             var = d.pick(list(table))
             if kind == "gain":
-                n = rng.randint(2, 30)
+                n = rng.randint(2, 40)
             else:
                 if d.value < 2:
                     raise _Retry
-                n = rng.randint(1, min(d.value, 30))
+                n = rng.randint(1, min(d.value, 40))
             text = table[var].format(n=n, it=item.plural, f=d.friend)
             d.sentences.append(f"{d.subject()} {text}.")
             d.lines.append(f"{var} = {n}")
@@ -215,7 +216,7 @@ def _collection(d: _Draft, level: int) -> str:
         d.expr, d.value, d.ops = f"({d.expr}//{k})", d.value // k, d.ops + 1
         d.lines.append(f"print({out})")
         return question
-    friend_var = d.friend.lower()
+    friend_var = f"friend_{item.plural}"  # not the name: "Ray" and "ray" are unrelated tokens
     d.ops += 1
     if final == "times":
         k = rng.randint(2, 5)
@@ -226,7 +227,7 @@ def _collection(d: _Draft, level: int) -> str:
     else:
         if final == "fewer" and d.value < 2:
             raise _Retry
-        k = rng.randint(1, min(d.value - 1, 20)) if final == "fewer" else rng.randint(1, 20)
+        k = rng.randint(1, min(d.value - 1, 30)) if final == "fewer" else rng.randint(1, 30)
         d.sentences.append(f"{d.friend} has {k} {final} {item.plural} than {who}.")
         op = "+" if final == "more" else "-"
         d.lines += [f"{final} = {k}", f"{friend_var} = {d.var} {op} {final}"]
@@ -243,7 +244,7 @@ def _money(d: _Draft, level: int) -> str:
     d.var = "money"
     share = level >= 2 and rng.random() < 0.25
     steps = level - int(share)
-    m = rng.randint(20, 100)
+    m = rng.randint(20, 99)
     d.sentences.append(rng.choice([f"{d.name} has ${m}.", f"{d.name} has {m} dollars.",
                                    f"{d.name} saved ${m}."]))
     d.lines.append(f"money = {m}")
@@ -254,7 +255,7 @@ def _money(d: _Draft, level: int) -> str:
             thing = d.pick(THINGS)
             if d.value < 2:
                 raise _Retry
-            q = rng.randint(1, min(d.value, 40))
+            q = rng.randint(1, min(d.value, 50))
             d.sentences.append(f"{d.subject()} {rng.choice(['buys', 'pays for'])} a {thing} for ${q}.")
             d.lines.append(f"{thing} = {q}")
             d.apply("-", thing, q, str(q))
@@ -263,7 +264,7 @@ def _money(d: _Draft, level: int) -> str:
             if "earned" in d.used:
                 continue
             d.used.add("earned")
-            e = rng.randint(2, 30)
+            e = rng.randint(2, 40)
             d.sentences.append(f"{d.subject()} earns ${e} {rng.choice(CHORES)}.")
             d.lines.append(f"earned = {e}")
             d.apply("+", "earned", e, str(e))
@@ -306,7 +307,7 @@ def _bill(d: _Draft, level: int) -> str:
     change = level >= 2 and rng.random() < 0.5
     steps = level - 1 - int(change)  # the first purchase is a multiplication
     goods = rng.choice(GOODS)
-    n, p = rng.randint(2, 9), rng.randint(1, 12)
+    n, p = rng.randint(2, 9), rng.randint(1, 15)
     d.sentences.append(f"{d.name} buys {n} {goods} for ${p} each.")
     d.lines += [f"{goods} = {n}", f"price = {p}", f"total = {goods} * price"]
     d.value, d.expr, d.ops = n * p, f"{n}*{p}", 1
@@ -331,7 +332,7 @@ def _bill(d: _Draft, level: int) -> str:
             steps -= 1
         else:
             thing = d.pick(THINGS)
-            q = rng.randint(1, 25)
+            q = rng.randint(1, 30)
             d.sentences.append(f"{d.subject()} also buys a {thing} for ${q}.")
             d.lines.append(f"{thing} = {q}")
             d.apply("+", thing, q, str(q))

@@ -58,14 +58,15 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 
-# Tuned on the arithmetic task (see build_tiny_checkpoint); about 1M parameters.
+# Tuned on the arithmetic task (recipes/tiny/sft.yaml reaches >= 90% pass@1 in about 1.5 min on
+# 2 CPU cores); about 0.4M parameters. Two wide layers learn the copying faster than four narrow ones.
 DEFAULT_SIZES: dict[str, int] = {
     "vocab_size": 1024,
     "hidden_size": 128,
-    "num_layers": 4,
-    "heads": 4,
-    "kv_heads": 2,
-    "intermediate": 384,
+    "num_layers": 2,
+    "heads": 8,
+    "kv_heads": 4,
+    "intermediate": 256,
     "max_position_embeddings": 512,
 }
 _BUILD_FILE = "mathforge_tiny.json"  # written last: its presence marks a complete build

@@ -1,0 +1,80 @@
+"""Benchmark: scoring 8-step solutions with one token-classification pass (this stage's PRM)
+against one sequence-classification pass per step prefix (the seed's design), same backbone size,
+same run, same inputs. Prints both timings and the speed-up ratio.
+
+    python bench/prm_scoring.py [--solutions 32] [--repeats 3] [--hidden 128 --layers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+
+def main() -> None:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification, Qwen2ForTokenClassification
+
+    from stages.common.arith import generate_problems
+    from stages.common.steps import split_solution
+    from stages.common.tiny import build_tokenizer
+    from stages.prm_lib.model import EncodingConfig, encode_solution
+    from stages.prm_lib.scorer import collate_ids
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--solutions", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    problems = [p for p in generate_problems(2000, split="train", seed=0)
+                if len(split_solution("```python\n" + p["program"] + "\n```")) == 8][: a.solutions]
+    if len(problems) < a.solutions:
+        raise SystemExit(f"only {len(problems)} 8-step problems found")
+    tok = build_tokenizer([p["question"] + "\n" + p["program"] for p in problems])
+    tok.pad_token = tok.pad_token or tok.eos_token
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=a.hidden, num_hidden_layers=a.layers, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=3 * a.hidden, max_position_embeddings=1024,
+                      num_labels=2, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    tc = Qwen2ForTokenClassification(cfg).eval()
+    sc = Qwen2ForSequenceClassification(cfg).eval()
+    enc = EncodingConfig(chat_template=False)
+    steps = [split_solution("```python\n" + p["program"] + "\n```") for p in problems]
+    full = [encode_solution(tok, p["question"], s, enc, truncate=False) for p, s in zip(problems, steps, strict=True)]
+    prefixes = [ids[: pos[i] + 1] for ids, pos in full for i in range(len(pos))]
+    pad = tok.pad_token_id
+
+    def one_pass() -> None:
+        ids, mask = collate_ids([ids for ids, _ in full], pad)
+        tc(input_ids=ids, attention_mask=mask)
+
+    def per_prefix() -> None:
+        for start in range(0, len(prefixes), len(full)):  # same batch size, 8x the sequences
+            ids, mask = collate_ids(prefixes[start : start + len(full)], pad)
+            sc(input_ids=ids, attention_mask=mask)
+
+    def timed(fn) -> float:
+        runs = []
+        with torch.inference_mode():
+            fn()  # warm-up
+            for _ in range(a.repeats):
+                t = time.perf_counter()
+                fn()
+                runs.append(time.perf_counter() - t)
+        return statistics.median(runs)
+
+    t_tc, t_sc = timed(one_pass), timed(per_prefix)
+    n_params = sum(p.numel() for p in tc.parameters())
+    print(f"{len(full)} solutions x 8 steps, backbone {a.layers} layers x {a.hidden} hidden ({n_params / 1e6:.2f}M "
+          f"params), {a.threads} thread(s), median of {a.repeats}")
+    print(f"token classification, one pass per solution:  {t_tc * 1000:8.1f} ms")
+    print(f"sequence classification, one pass per prefix: {t_sc * 1000:8.1f} ms")
+    print(f"speed-up: {t_sc / t_tc:.1f}x (target >= 5x)")
+
+
+if __name__ == "__main__":
+    main()

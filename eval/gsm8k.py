@@ -1,0 +1,415 @@
+"""The evaluation runner: a model on the recipe's eval sets, through lighteval, offline.
+
+    python -m eval.gsm8k --model runs/tiny/sft [--task pot cot] [--limit N]
+        [--backend transformers|vllm] [--samples K] [--repair R] [--prm <checkpoint>]
+    accelerate launch -m eval.gsm8k --config recipes/tiny/eval.yaml --model runs/tiny/sft
+
+``--model`` is a stage checkpoint (a version folder, or a stage folder: its latest version), a
+local model folder or a hub id. ``--config`` is a YAML recipe of the fields of
+:class:`EvalArguments` (CLI flags override it). For every eval set (``arith:test:500``,
+``gsm8k:test[:n]``, a Problem jsonl) and every mode (``pot``: executed Program-of-Thought;
+``cot``: lighteval's standard GSM8K prompt and metric) it reports
+
+- greedy pass@1 with its 95% Wilson interval, mean completion tokens, and the shares of
+  completions without a program / with an execution error (PoT);
+- with ``--samples K`` (K >= 2): unbiased pass@k (k = 1, 2, 4, ..., K) and maj@K over K sampled
+  completions; with ``--prm <checkpoint>`` also PRM best-of-K and PRM-weighted maj@K;
+- with ``--repair R``: pass@1 after at most R repair rounds of the failed greedy PoT programs
+  (``stages.revise.repair``; see ``eval.hooks``).
+
+Results go to ``<checkpoint>/eval/<key>/`` (see ``eval.results``): a complete evaluation of the
+same model, config and data is not run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("mathforge.eval")
+
+
+@dataclass
+class EvalArguments:
+    """What to evaluate and how (a recipe's eval.yaml holds these fields)."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "A stage checkpoint (version or stage folder), a local model folder or a hub id."})
+    eval_sets: list[str] = field(default_factory=lambda: ["arith:test:500", "gsm8k:test"], metadata={
+        "help": "Problem sources: arith:<split>[:n[:seed]], gsm8k:<split>[:n], or a Problem jsonl."})
+    task: list[str] = field(default_factory=lambda: ["pot"], metadata={
+        "help": "Modes: pot (executed Program-of-Thought) and/or cot (lighteval's GSM8K prompt and metric)."})
+    limit: int | None = field(default=None, metadata={"help": "Evaluate the first N problems of each set."})
+    backend: str = field(default="transformers", metadata={"help": "transformers or vllm."})
+    samples: int = field(default=1, metadata={"help": "K sampled completions per problem for pass@k/maj@k "
+                                                      "(1: greedy only)."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (with samples > 1)."})
+    top_p: float = field(default=1.0, metadata={"help": "Sampling top_p (with samples > 1)."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Generation budget of a PoT completion."})
+    cot_max_new_tokens: int = field(default=256, metadata={"help": "Generation budget of a CoT completion "
+                                                                   "(lighteval's gsm8k: 256)."})
+    cot_num_fewshot: int = field(default=0, metadata={"help": "Few-shot examples of the CoT prompt (GSM8K train)."})
+    cot_chat_template: bool | None = field(default=None, metadata={
+        "help": "Wrap the CoT prompt in the chat template (default: when the tokenizer has one, as lighteval)."})
+    batch_size: int = field(default=32, metadata={"help": "Generation batch size."})
+    repair: int = field(default=0, metadata={"help": "Repair rounds for failed greedy PoT programs (0: off)."})
+    repair_max_new_tokens: int = field(default=256, metadata={"help": "Generation budget of a repair round."})
+    prm: str | None = field(default=None, metadata={"help": "PRM checkpoint for PRM-weighted best-of-K."})
+    prm_aggregation: str = field(default="min", metadata={"help": "Step-score aggregation: min, product, last, mean."})
+    seed: int = field(default=0, metadata={"help": "Sampling seed."})
+    dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16, float16."})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "Results folder (default: <checkpoint>/eval, or runs/eval/<model> for other models)."})
+    progress: bool = field(default=False, metadata={"help": "Show generation progress bars."})
+
+
+# Fields that change where results go or what is printed, not the numbers: not in the key.
+NON_SEMANTIC = frozenset({"model", "output_dir", "progress"})
+
+
+def parse_args(argv: list[str] | None = None) -> EvalArguments:
+    from stages.common.config import ConfigError, parse_config  # noqa: PLC0415
+
+    try:
+        (args,) = parse_config((EvalArguments,), argv, prog="eval.gsm8k")
+    except ConfigError as e:
+        raise SystemExit(f"eval: {e}") from e
+    validate(args)
+    return args
+
+
+def validate(args: EvalArguments) -> None:
+    """Refuse a config that cannot run, before anything is loaded."""
+    from eval.metrics import MODES, POT  # noqa: PLC0415
+    from eval.model import BACKENDS  # noqa: PLC0415
+
+    problems = []
+    if not args.model:
+        problems.append("--model is required (a checkpoint, a model folder or a hub id)")
+    bad = [t for t in args.task if t not in MODES]
+    if bad or not args.task:
+        problems.append(f"--task must be among {MODES}, got {args.task}")
+    if not args.eval_sets:
+        problems.append("eval_sets is empty")
+    if args.backend not in BACKENDS:
+        problems.append(f"--backend must be one of {BACKENDS}, got {args.backend!r}")
+    if args.samples < 1:
+        problems.append(f"--samples must be >= 1, got {args.samples}")
+    if args.prm and args.samples < 2:
+        problems.append("--prm scores sampled completions: it needs --samples K with K >= 2")
+    if args.repair < 0:
+        problems.append(f"--repair must be >= 0, got {args.repair}")
+    if args.repair and POT not in args.task:
+        problems.append("--repair repairs PoT programs: it needs --task pot")
+    if args.repair and args.backend != "transformers":
+        problems.append("--repair needs --backend transformers (the revise stage generates with transformers)")
+    if args.limit is not None and args.limit < 1:
+        problems.append(f"--limit must be >= 1, got {args.limit}")
+    if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        problems.append(f"--dtype must be auto, float32, bfloat16 or float16, got {args.dtype!r}")
+    if problems:
+        raise SystemExit("eval: " + "; ".join(problems))
+
+
+def semantic_config(args: EvalArguments) -> dict:
+    return {k: v for k, v in sorted(dataclasses.asdict(args).items()) if k not in NON_SEMANTIC}
+
+
+def task_specs(args: EvalArguments) -> list:
+    """The lighteval tasks of a run: each set in each mode, greedy, plus sampled when K >= 2."""
+    from eval.metrics import COT  # noqa: PLC0415
+    from eval.tasks import TaskSpec  # noqa: PLC0415
+
+    specs = []
+    for source in args.eval_sets:
+        for mode in args.task:
+            kw: dict[str, Any] = {"limit": args.limit}
+            if mode == COT:
+                kw.update(max_new_tokens=args.cot_max_new_tokens, num_fewshot=args.cot_num_fewshot)
+            else:
+                kw.update(max_new_tokens=args.max_new_tokens)
+            specs.append(TaskSpec(source, mode, 1, **kw))
+            if args.samples > 1:
+                specs.append(TaskSpec(source, mode, args.samples, **kw))
+    return specs
+
+
+# ---------------------------------------------------------------------------------------------
+# Running lighteval
+
+
+def run_lighteval(lm: Any, specs: list) -> tuple[dict[str, list], dict[str, dict]]:
+    """Evaluate ``specs`` with lighteval's Pipeline on ``lm``; returns (details, aggregated
+    metrics), both by lighteval task name (``name|fewshot``). Every process computes the metrics
+    (launcher NONE), so every rank holds the judgments the repair and PRM steps need."""
+    import tempfile  # noqa: PLC0415
+
+    from lighteval.logging.evaluation_tracker import EvaluationTracker  # noqa: PLC0415
+    from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters  # noqa: PLC0415
+
+    from eval.offline import lighteval_patches  # noqa: PLC0415
+    from eval.tasks import tasks_module  # noqa: PLC0415
+
+    module = tasks_module(specs)
+    with lighteval_patches(), tempfile.TemporaryDirectory(prefix="mathforge-lighteval-") as tmp:
+        tracker = EvaluationTracker(output_dir=tmp, save_details=False)
+        params = PipelineParameters(launcher_type=ParallelismManager.NONE, custom_tasks_directory=module)
+        pipeline = Pipeline(tasks=",".join(s.full_name for s in specs), pipeline_parameters=params,
+                            evaluation_tracker=tracker, model=lm)
+        pipeline.evaluate()
+        details = {k: list(v) for k, v in pipeline.get_details().items()}
+        aggregated = {k: dict(v) for k, v in tracker.metrics_logger.metric_aggregated.items()}
+    return details, aggregated
+
+
+def _ordered(details: list) -> list:
+    return sorted(details, key=lambda d: int(d.doc.specific["index"]))
+
+
+def greedy_summary(mode: str, rows: list[dict]) -> dict:
+    """pass@1 and the completion statistics of greedy rows (the fields evaluate_pot reports)."""
+    from eval.metrics import POT  # noqa: PLC0415
+    from stages.common.generation import wilson_interval  # noqa: PLC0415
+
+    n = len(rows)
+    k = sum(r["correct"] for r in rows)
+    lo, hi = wilson_interval(k, n)
+    out = {"n": n, "pass@1": k / n if n else 0.0, "pass@1_ci95": [lo, hi],
+           "mean_completion_tokens": sum(r["n_tokens"] for r in rows) / n if n else 0.0}
+    if mode == POT:
+        out["no_program_rate"] = sum(r["status"] == "no_code" for r in rows) / n if n else 0.0
+        out["exec_error_rate"] = sum(r["status"] not in ("ok", "no_code") for r in rows) / n if n else 0.0
+    else:
+        out["no_answer_rate"] = sum(r["status"] == "no_answer" for r in rows) / n if n else 0.0
+    return out
+
+
+def detail_rows(spec: Any, details: list, tokenizer: Any, decoding: str) -> list[list[dict]]:
+    """Per problem, one row per sample (problem fields, completion, verdict, token count)."""
+    out = []
+    for d in _ordered(details):
+        s = d.doc.specific
+        rows = []
+        for i, (text, j) in enumerate(zip(d.model_response.final_text, s["judgments"], strict=True)):
+            rows.append({"id": s["id"], "question": s["question"], "answer": s["gold"], "mode": spec.mode,
+                         "decoding": decoding, "sample": i, "completion": text,
+                         "executed_answer" if spec.mode == "pot" else "extracted_answer": j["answer"],
+                         "correct": bool(j["correct"]), "status": j["status"], "error_type": j["error_type"],
+                         "n_tokens": len(tokenizer(text, add_special_tokens=False)["input_ids"])})
+        out.append(rows)
+    return out
+
+
+def evaluate(args: EvalArguments, model: Any, tokenizer: Any, *, repair_fn: Any = None, prm: Any = None,
+             llm: Any = None) -> tuple[dict, dict[str, list[dict]], list[dict]]:
+    """Run every task; returns (metrics by set and mode, detail rows by file name, timings)."""
+    from eval.metrics import JUDGE_SECONDS, POT  # noqa: PLC0415
+    from eval.model import MathforgeModel  # noqa: PLC0415
+    from eval.tasks import slug  # noqa: PLC0415
+
+    specs = task_specs(args)
+    lm = MathforgeModel(llm if llm is not None else model, tokenizer, name=args.model or "model",
+                        batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                        cot_chat_template=args.cot_chat_template, backend=args.backend, progress=args.progress)
+    details, aggregated = run_lighteval(lm, specs)
+    metrics: dict[str, dict[str, dict]] = {}
+    files: dict[str, list[dict]] = {}
+    for spec in specs:
+        entry = metrics.setdefault(spec.source, {}).setdefault(spec.mode, {})
+        name = f"{spec.mode}_{slug(spec.source)}"
+        if spec.samples == 1:
+            per_problem = detail_rows(spec, details[spec.full_name], tokenizer, "greedy")
+            greedy = [rows[0] for rows in per_problem]
+            entry.update(greedy_summary(spec.mode, greedy))
+            if spec.mode == POT and args.repair:
+                entry.update(repair_step(args, model, tokenizer, greedy, repair_fn))
+            files.setdefault(name, []).extend(greedy)
+        else:
+            per_problem = detail_rows(spec, details[spec.full_name], tokenizer, "sample")
+            prm_scores = prm_step(args, prm, per_problem) if prm is not None else None
+            sampled = summarize(per_problem, args.samples, prm_scores)
+            entry["sampled"] = {"samples": args.samples, "temperature": args.temperature, "top_p": args.top_p,
+                                "mean_completion_tokens": _mean(r["n_tokens"] for rows in per_problem for r in rows),
+                                **sampled}
+            files.setdefault(name, []).extend(r for rows in per_problem for r in rows)
+        entry.setdefault("lighteval", {})[spec.full_name] = aggregated.get(spec.full_name, {})
+    timings = [{**c, "judge_s": JUDGE_SECONDS.get(c["task"], 0.0)} for c in lm.generation_calls]
+    return metrics, files, timings
+
+
+def summarize(per_problem: list[list[dict]], n: int, prm_scores: list[list[float]] | None) -> dict:
+    from eval.metrics import sample_ks  # noqa: PLC0415
+    from eval.passk import summarize_samples  # noqa: PLC0415
+
+    return summarize_samples(per_problem, sample_ks(n), prm_scores)
+
+
+def prm_step(args: EvalArguments, prm: Any, per_problem: list[list[dict]]) -> list[list[float]]:
+    """PRM score of every sample (one batched call), stored in the rows too."""
+    from eval.hooks import prm_solution_scores  # noqa: PLC0415
+
+    flat = [r for rows in per_problem for r in rows]
+    scores = prm_solution_scores(prm, [r["question"] for r in flat], [r["completion"] for r in flat],
+                                 args.prm_aggregation)
+    it = iter(scores)
+    out = []
+    for rows in per_problem:
+        s = [next(it) for _ in rows]
+        for r, v in zip(rows, s, strict=True):
+            r["prm_score"] = v
+        out.append(s)
+    return out
+
+
+def repair_step(args: EvalArguments, model: Any, tokenizer: Any, greedy: list[dict], repair_fn: Any) -> dict:
+    """Repair the greedy PoT failures that a test-time signal shows (no program, or a program that
+    did not run to completion), re-score them, and report pass@1 after repair."""
+    from eval.hooks import repair_attempts, run_repair  # noqa: PLC0415
+    from rewards import score_pot  # noqa: PLC0415
+
+    failed = [r for r in greedy if r["status"] != "ok"]
+    revised = run_repair(repair_fn, model, tokenizer, repair_attempts(failed), rounds=args.repair,
+                         max_new_tokens=args.repair_max_new_tokens, seed=args.seed)
+    scores = score_pot(revised, [r["answer"] for r in failed]) if failed else []
+    fixed = 0
+    for r, c, s in zip(failed, revised, scores, strict=True):
+        r["repair"] = {"completion": c, "executed_answer": s.answer, "correct": bool(s.correct), "status": s.status}
+        fixed += bool(s.correct)
+    n = len(greedy)
+    correct = sum(r["correct"] for r in greedy)
+    return {"repair": {"rounds": args.repair, "attempted": len(failed), "fixed": fixed,
+                       "pass@1": (correct + fixed) / n if n else 0.0}}
+
+
+def _mean(values) -> float:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def load_model(args: EvalArguments, path: str) -> tuple[Any, Any]:
+    import torch  # noqa: PLC0415
+    from accelerate import PartialState  # noqa: PLC0415
+
+    from stages.common.modeling import load_causal_lm, load_tokenizer  # noqa: PLC0415
+
+    tokenizer = load_tokenizer(path, padding_side="left")
+    if args.backend == "vllm":
+        return None, tokenizer
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = load_causal_lm(path, None, dtype=dtype)
+    model.to(PartialState().device)
+    model.eval()
+    return model, tokenizer
+
+
+def init_state() -> Any:
+    """accelerate's process state, made first: a bare ``PartialState()`` on a machine without
+    CUDA ignores ``accelerate launch``'s CPU processes (every rank would think it is alone and the
+    main one); ``cpu=True`` there makes them a gloo process group."""
+    import torch  # noqa: PLC0415
+    from accelerate import PartialState  # noqa: PLC0415
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def main(argv: list[str] | None = None) -> Path | None:
+    from eval.offline import check_versions, configure_offline  # noqa: PLC0415
+
+    configure_offline()  # before huggingface_hub / datasets / transformers are imported
+    args = parse_args(argv)
+    try:
+        check_versions()
+    except RuntimeError as e:
+        raise SystemExit(f"eval: {e}") from e
+
+    from eval import results as R  # noqa: PLC0415
+    from eval.hooks import StageUnavailable, load_prm, load_repair  # noqa: PLC0415
+    from eval.tasks import problems_of  # noqa: PLC0415
+    from stages.common.checkpoint import now_iso, package_versions  # noqa: PLC0415
+    from stages.common.stage import setup_logging  # noqa: PLC0415
+
+    state = init_state()
+    setup_logging()
+    if args.backend == "vllm" and state.num_processes > 1:
+        raise SystemExit("eval: --backend vllm runs in one process (vLLM parallelises itself); "
+                         "launch without accelerate's multi-process config")
+    identity = R.model_identity(args.model)
+    data = {}
+    for source in args.eval_sets:
+        try:
+            data[source] = R.problems_sha256(problems_of(source)[: args.limit])
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"eval: eval set '{source}': {e}") from e
+    config = semantic_config(args)
+    if args.samples > 1:  # sampling seeds each rank differently: the process count changes the samples
+        config["world_size"] = state.num_processes
+    try:
+        repair_fn = load_repair() if args.repair else None
+        prm = load_prm(args.prm) if args.prm else None
+    except StageUnavailable as e:
+        raise SystemExit(f"eval: {e}") from e
+
+    root = R.results_root(identity, args.output_dir)
+    key = None
+    if identity["kind"] != "hub":
+        key = R.eval_key(identity, config, data)
+        done = R.find_complete(root, key)
+        if done is not None:
+            if state.is_main_process:
+                print(f"[eval] already evaluated: {done} (same model, config and data); skipping")
+            return done
+
+    started, t0 = now_iso(), time.perf_counter()
+    model, tokenizer = load_model(args, identity["path"])
+    llm = None
+    if args.backend == "vllm":
+        from eval.model import load_vllm  # noqa: PLC0415
+
+        llm = load_vllm(identity["path"], dtype=args.dtype, seed=args.seed)
+    if key is None:  # a hub model: its weights are pinned by the commit it resolved to
+        identity["commit"] = getattr(getattr(model, "config", None), "_commit_hash", None)
+        key = R.eval_key(identity, config, data)
+        done = R.find_complete(root, key)
+        if done is not None:
+            if state.is_main_process:
+                print(f"[eval] already evaluated: {done}; skipping")
+            return done
+
+    metrics, files, timings = evaluate(args, model, tokenizer, repair_fn=repair_fn, prm=prm, llm=llm)
+    if not state.is_main_process:
+        return None
+    results = {"format": R.FORMAT_VERSION, "key": key, "model": identity, "config": config, "data": data,
+               "sets": metrics, "timings": timings, "world_size": state.num_processes,
+               "packages": package_versions(), "started_at": started, "finished_at": now_iso(),
+               "wall_s": time.perf_counter() - t0}
+    folder = R.publish(root, key, results, files, {"model": args.model, **config})
+    print_summary(metrics)
+    print(f"[eval] wrote {folder}")
+    return folder
+
+
+def print_summary(metrics: dict) -> None:
+    for source, modes in metrics.items():
+        for mode, m in modes.items():
+            line = f"[eval] {source:<20} {mode}"
+            if "pass@1" in m:
+                lo, hi = m["pass@1_ci95"]
+                line += f"  pass@1={m['pass@1']:.3f} [{lo:.3f}, {hi:.3f}] (n={m['n']})"
+            for k, v in (m.get("sampled") or {}).items():
+                if k.startswith(("pass@", "maj@", "prm_")):
+                    line += f"  {k}={v:.3f}"
+            if "repair" in m:
+                line += f"  pass@1_repair={m['repair']['pass@1']:.3f}"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()

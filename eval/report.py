@@ -1,0 +1,455 @@
+"""The run report: ``python -m eval.report runs/<run>`` writes ``report.html`` and ``report.md``
+(with matplotlib PNGs in ``report_files/``) into the run folder.
+
+It reads every complete checkpoint of the run (manifests), their ``metrics.json``, their eval
+results (``<checkpoint>/eval/*/results.json``, see ``eval.results``) and trainer logs
+(``log_history.json``), and shows:
+
+- accuracy per stage on each eval set (greedy pass@1 with its 95% interval; pass@k, maj@k,
+  PRM best-of-k and pass@1 after repair in the table when measured);
+- mean completion length per stage;
+- training curves (loss, reward terms, KL, completion length) from each trainer log;
+- data yields (rows of every data artifact, and the yield figures a stage reports);
+- PRM metrics (the numbers a ``prm`` checkpoint reports in [0, 1]);
+- the checkpoint lineage (stage, version, parent, config hash, times).
+
+The HTML marks an image that failed to load (``img.broken``) and records every image's
+``naturalWidth`` in ``<body data-images>`` once loaded, which the headless-browser test reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stages.common.checkpoint import run_checkpoints
+from stages.common.data import atomic_write_text
+
+ASSETS = "report_files"
+CURVE_KEYS = ("loss", "kl", "entropy", "completions/mean_length", "mean_token_accuracy")
+MAX_CURVE_PANELS = 8
+
+
+@dataclass
+class Checkpoint:
+    """One complete checkpoint of the run and everything the report reads from it."""
+
+    path: Path
+    manifest: dict
+    metrics: dict = field(default_factory=dict)
+    log_history: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    data_rows: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def stage(self) -> str:
+        return str(self.manifest.get("stage"))
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage}/v{self.manifest.get('version')}"
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return default
+
+
+def collect(run_dir: Path) -> list[Checkpoint]:
+    """The run's complete checkpoints, oldest first, with their metrics, logs and evaluations."""
+    from eval.results import read_results  # noqa: PLC0415
+
+    out = []
+    for m in run_checkpoints(run_dir):
+        path = Path(m.pop("path"))
+        logs = _read_json(path / "log_history.json", [])
+        data_rows = {}
+        for f in sorted(path.glob("*.jsonl")):
+            with f.open(encoding="utf-8") as fh:
+                data_rows[f.name] = sum(1 for line in fh if line.strip())
+        out.append(Checkpoint(path, m, _read_json(path / "metrics.json", {}), logs if isinstance(logs, list) else [],
+                              read_results(path), data_rows))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def accuracy_rows(ckpts: list[Checkpoint]) -> list[dict]:
+    """One row per checkpoint, eval set and mode (newest evaluation of each wins); a checkpoint
+    without eval results falls back to the pass@1 its stage measured itself (metrics.json)."""
+    rows = []
+    for c in ckpts:
+        seen: dict[tuple[str, str], dict] = {}
+        for r in c.evals:
+            for source, modes in (r.get("sets") or {}).items():
+                for mode, m in modes.items():
+                    seen[(source, mode)] = {"checkpoint": c.label, "set": source, "mode": mode, "origin": "eval",
+                                            **_flat_eval(m)}
+        if not seen and isinstance(c.metrics.get("eval"), dict) and "pass@1" in c.metrics["eval"]:
+            m = c.metrics["eval"]
+            seen[("stage eval", "pot")] = {"checkpoint": c.label, "set": "stage eval", "mode": "pot",
+                                           "origin": "metrics.json", **_flat_eval(m)}
+        rows.extend(seen.values())
+    return rows
+
+
+def _flat_eval(m: dict) -> dict:
+    out = {k: m[k] for k in ("n", "pass@1", "pass@1_ci95", "mean_completion_tokens") if k in m}
+    for k, v in (m.get("sampled") or {}).items():
+        if k.startswith(("pass@", "maj@", "prm_")):
+            out[f"sampled {k}"] = v
+    if isinstance(m.get("repair"), dict):
+        out[f"pass@1 repair@{m['repair'].get('rounds')}"] = m["repair"].get("pass@1")
+    return out
+
+
+def yield_rows(ckpts: list[Checkpoint]) -> list[dict]:
+    """Data artifacts (rows per jsonl) and the yield-like figures each stage reports."""
+    rows = []
+    for c in ckpts:
+        for name, n in c.data_rows.items():
+            rows.append({"checkpoint": c.label, "what": name, "value": n})
+        for key, v in _numeric_leaves(c.metrics):
+            low = key.lower()
+            if any(w in low for w in ("yield", "accepted", "verified", "kept", "_rows")) and "token" not in low:
+                rows.append({"checkpoint": c.label, "what": key, "value": v})
+    return rows
+
+
+def prm_rows(ckpts: list[Checkpoint]) -> list[dict]:
+    rows = []
+    for c in ckpts:
+        if c.stage != "prm":
+            continue
+        for key, v in _numeric_leaves(c.metrics):
+            if 0.0 <= v <= 1.0 and not key.endswith(("_s", "seconds", "runtime")):
+                rows.append({"checkpoint": c.label, "metric": key, "value": v})
+    return rows
+
+
+def lineage_rows(ckpts: list[Checkpoint]) -> list[dict]:
+    rows = []
+    for c in ckpts:
+        parent = c.manifest.get("parent") or {}
+        if parent.get("stage"):
+            p = f"{parent['stage']}/v{parent.get('version')}"
+        else:
+            p = parent.get("spec") or parent.get("path") or "-"
+        rows.append({"checkpoint": c.label, "parent": p, "config": str(c.manifest.get("config_sha256", ""))[:12],
+                     "started": c.manifest.get("started_at", ""), "finished": c.manifest.get("finished_at", ""),
+                     "path": str(c.path)})
+    return rows
+
+
+def _numeric_leaves(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(dotted key, value) for every finite number in a nested dict."""
+    if isinstance(obj, dict):
+        out = []
+        for k, v in obj.items():
+            out += _numeric_leaves(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(obj, int | float) and not isinstance(obj, bool) and math.isfinite(obj):
+        return [(prefix, float(obj))]
+    return []
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def _plt():
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    return plt
+
+
+def plot_accuracy(rows: list[dict], out: Path) -> bool:
+    series = sorted({(r["set"], r["mode"]) for r in rows if "pass@1" in r})
+    labels = list(dict.fromkeys(r["checkpoint"] for r in rows))
+    if not series or not labels:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels) + 3), 4))
+    width = 0.8 / len(series)
+    for j, (source, mode) in enumerate(series):
+        xs, ys, err = [], [], [[], []]
+        for i, label in enumerate(labels):
+            r = next((r for r in rows if r["checkpoint"] == label and r["set"] == source and r["mode"] == mode), None)
+            if r is None or "pass@1" not in r:
+                continue
+            p = 100 * r["pass@1"]
+            lo, hi = (100 * v for v in r.get("pass@1_ci95", [r["pass@1"], r["pass@1"]]))
+            xs.append(i + (j - (len(series) - 1) / 2) * width)
+            ys.append(p)
+            err[0].append(max(0.0, p - lo))
+            err[1].append(max(0.0, hi - p))
+        bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=f"{source} ({mode})")
+        ax.bar_label(bars, labels=[f"{y:.1f}" for y in ys], padding=2, fontsize=7)
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_ylabel("greedy pass@1 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("Accuracy per stage (95% Wilson interval)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_lengths(rows: list[dict], out: Path) -> bool:
+    series = sorted({(r["set"], r["mode"]) for r in rows if "mean_completion_tokens" in r})
+    labels = list(dict.fromkeys(r["checkpoint"] for r in rows))
+    if not series:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(labels) + 3), 3.5))
+    for source, mode in series:
+        pts = [(i, r["mean_completion_tokens"]) for i, label in enumerate(labels)
+               for r in rows if r["checkpoint"] == label and r["set"] == source and r["mode"] == mode
+               and "mean_completion_tokens" in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{source} ({mode})")
+    ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    ax.set_ylabel("mean completion tokens")
+    ax.set_title("Completion length per stage (greedy)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def curve_keys(logs: list[dict]) -> list[str]:
+    """The trainer-log series worth plotting: loss, reward terms, KL, lengths (>= 2 points)."""
+    counts: dict[str, int] = {}
+    for e in logs:
+        for k, v in e.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and "step" in e:
+                counts[k] = counts.get(k, 0) + 1
+    keys = [k for k in counts if counts[k] >= 2 and (k in CURVE_KEYS or "reward" in k)]
+    keys.sort(key=lambda k: (k != "loss", "reward" not in k, k))
+    return keys[:MAX_CURVE_PANELS]
+
+
+def plot_curves(c: Checkpoint, out: Path) -> bool:
+    keys = curve_keys(c.log_history)
+    if not keys:
+        return False
+    plt = _plt()
+    cols = min(3, len(keys))
+    nrows = math.ceil(len(keys) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 2.8 * nrows), squeeze=False)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        pts = [(e["step"], e[key]) for e in c.log_history if "step" in e and isinstance(e.get(key), int | float)]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(keys):]:
+        ax.axis("off")
+    fig.suptitle(f"Training curves: {c.label}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_barh(rows: list[dict], label_keys: tuple[str, str], title: str, xlabel: str, out: Path) -> bool:
+    return _save_panels([(rows, xlabel)] if rows else [], label_keys, title, out)
+
+
+def plot_data(rows: list[dict], out: Path) -> bool:
+    """Data artifacts and counts on one panel, yields and rates (fractions) on another."""
+    fractions = [r for r in rows if "yield" in str(r["what"]).lower() or "rate" in str(r["what"]).lower()]
+    counts = [r for r in rows if r not in fractions]
+    panels = [(p, x) for p, x in ((counts, "rows"), (fractions, "fraction")) if p]
+    return _save_panels(panels, ("checkpoint", "what"), "Data artifacts and yields", out)
+
+
+def _save_panels(panels: list[tuple[list[dict], str]], label_keys: tuple[str, str], title: str, out: Path) -> bool:
+    if not panels:
+        return False
+    plt = _plt()
+    n = max(len(rows) for rows, _ in panels)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels) + 2, 0.35 * n + 1.5), squeeze=False)
+    for ax, (rows, xlabel) in zip(axes.flat, panels, strict=True):
+        ax.barh(range(len(rows)), [r["value"] for r in rows], color="tab:green")
+        ax.set_yticks(range(len(rows)), [f"{r[label_keys[0]]}: {r[label_keys[1]]}" for r in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_lineage(rows: list[dict], out: Path) -> bool:
+    if not rows:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 0.8 * len(rows) + 1))
+    index = {r["checkpoint"]: i for i, r in enumerate(rows)}
+    for i, r in enumerate(rows):
+        ax.text(0.3, -i, r["checkpoint"], ha="center", va="center", fontsize=10,
+                bbox={"boxstyle": "round", "facecolor": "#dbe9f6", "edgecolor": "#3a6ea5"})
+        ax.text(0.55, -i, f"config {r['config']}  {r['finished']}", ha="left", va="center", fontsize=8)
+        p = index.get(r["parent"])
+        if p is not None and i - p == 1:
+            ax.annotate("", xy=(0.3, -i + 0.25), xytext=(0.3, -p - 0.25),
+                        arrowprops={"arrowstyle": "->", "color": "#3a6ea5"})
+        elif p is not None:  # a parent further up: a curved arrow on the left, clear of the boxes between
+            ax.annotate("", xy=(0.24, -i), xytext=(0.24, -p),
+                        arrowprops={"arrowstyle": "->", "color": "#a55a3a", "connectionstyle": "arc3,rad=0.4"})
+        else:
+            ax.text(0.02, -i, "root" if r["parent"] == "-" else f"from {r['parent']}", ha="left", va="center",
+                    fontsize=7, color="gray")
+    ax.set_xlim(0, 1.2)
+    ax.set_ylim(-len(rows) + 0.4, 0.6)
+    ax.axis("off")
+    ax.set_title("Checkpoint lineage (parent -> child)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML and Markdown
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    if isinstance(v, list) and v and all(isinstance(x, int | float) for x in v):
+        return "[" + ", ".join(f"{float(x):.3f}" for x in v) + "]"
+    return str(v)
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
+def html_table(rows: list[dict]) -> str:
+    cols = _columns(rows)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def md_table(rows: list[dict]) -> str:
+    cols = _columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c, "")).replace("|", "\\|") for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  imgs.forEach(function (i) { if (!i.complete || i.naturalWidth === 0) { i.classList.add('broken'); } });
+  document.body.setAttribute('data-images', JSON.stringify(imgs.map(function (i) {
+    return {src: i.getAttribute('src'), naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight};
+  })));
+});
+</script>"""
+
+_STYLE = """<style>
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+th { background: #f0f0f0; }
+img { max-width: 100%; border: 1px solid #eee; }
+img.broken { outline: 4px solid red; }
+.note { color: #777; font-style: italic; }
+</style>"""
+
+
+def build(run_dir: Path) -> tuple[Path, Path]:
+    """Write report.html, report.md and the PNGs; return the two report paths."""
+    run_dir = Path(run_dir)
+    ckpts = collect(run_dir)
+    assets = run_dir / ASSETS
+    assets.mkdir(parents=True, exist_ok=True)
+    for old in assets.glob("*.png"):
+        old.unlink()
+    acc, yields, prm, lin = accuracy_rows(ckpts), yield_rows(ckpts), prm_rows(ckpts), lineage_rows(ckpts)
+
+    sections: list[tuple[str, list[str], list[dict], str]] = []  # title, images, table rows, note
+
+    def img(name: str, ok: bool) -> list[str]:
+        return [f"{ASSETS}/{name}"] if ok else []
+
+    sections.append(("Accuracy per stage", img("accuracy.png", plot_accuracy(acc, assets / "accuracy.png")), acc,
+                     "no evaluation results yet (python -m eval.gsm8k --model <checkpoint>)"))
+    sections.append(("Completion length per stage", img("length.png", plot_lengths(acc, assets / "length.png")),
+                     [], "no evaluation results yet"))
+    curves = []
+    for c in ckpts:
+        name = f"curves_{c.stage}_v{c.manifest.get('version')}.png"
+        curves += img(name, plot_curves(c, assets / name))
+    sections.append(("Training curves", curves, [], "no trainer logs (log_history.json) in this run"))
+    sections.append(("Data yields", img("data.png", plot_data(yields, assets / "data.png")), yields,
+                     "no data artifacts in this run"))
+    sections.append(("PRM metrics", img("prm.png", plot_barh(prm, ("checkpoint", "metric"), "PRM metrics", "value",
+                                                           assets / "prm.png")), prm,
+                     "no PRM checkpoint in this run"))
+    sections.append(("Checkpoint lineage", img("lineage.png", plot_lineage(lin, assets / "lineage.png")), lin,
+                     "no complete checkpoint in this run"))
+
+    title = f"mathforge run report: {run_dir.name}"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}"
+             f"</head><body><h1>{html.escape(title)}</h1><p>{len(ckpts)} checkpoint(s) in "
+             f"<code>{html.escape(str(run_dir))}</code></p>"]
+    md = [f"# {title}", "", f"{len(ckpts)} checkpoint(s) in `{run_dir}`", ""]
+    for name, images, rows, note in sections:
+        parts.append(f"<h2>{html.escape(name)}</h2>")
+        md += [f"## {name}", ""]
+        if not images and not rows:
+            parts.append(f"<p class='note'>{html.escape(note)}</p>")
+            md += [f"_{note}_", ""]
+            continue
+        for src in images:
+            parts.append(f"<p><img src='{html.escape(src)}' alt='{html.escape(name)}'></p>")
+            md += [f"![{name}]({src})", ""]
+        if rows:
+            parts.append(html_table(rows))
+            md += [md_table(rows), ""]
+    parts.append(_SCRIPT + "</body></html>")
+    html_path, md_path = run_dir / "report.html", run_dir / "report.md"
+    atomic_write_text(html_path, "\n".join(parts))
+    atomic_write_text(md_path, "\n".join(md))
+    return html_path, md_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="eval.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a run folder, e.g. runs/tiny")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not run_dir.is_dir():
+        print(f"eval.report: '{run_dir}' is not a folder", file=sys.stderr)
+        return 2
+    html_path, md_path = build(run_dir)
+    print(f"[report] wrote {html_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

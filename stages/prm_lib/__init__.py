@@ -1,0 +1,1 @@
+"""The PRM stage's library: step labels, the token-classification model, training, metrics, scoring."""

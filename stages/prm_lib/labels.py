@@ -1,0 +1,285 @@
+"""Step labels for the PRM, all written in TRL's stepwise format ``{"prompt", "completions", "labels"}``
+(``prompt`` is the problem text, ``completions`` the steps of ``stages.common.steps.split_solution``).
+
+- Monte-Carlo rollouts (Math-Shepherd): from each step prefix of a policy solution, ``k``
+  sampled completions by the policy; hard label = any completion correct, soft label = the
+  fraction correct; answers checked by ``rewards.score_pot`` (the sandbox).
+- LLM judge: a ChatModel (the synth stage's ``openai`` or ``local`` teacher) rates each step;
+  the HE and SE reward transforms turn step verdicts into rewards.
+- Importers: PRM800K ratings, Math-Shepherd ``input/value/label`` rows, per-step ``pi`` scores
+  with a ``meta_label``, ``{"text", "label"}`` step rows with a label map.
+- Mistake mining: problems the policy solves in 30% to 80% of its samples come first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from stages.common.data import STEPWISE, DataFormatError, iter_jsonl, validate_row
+from stages.common.pot import format_completion
+from stages.common.steps import split_solution
+
+# ---------------------------------------------------------------------------------------------
+# Mistake mining
+
+
+def solve_rates(ids: Sequence[str], correct: Sequence[bool]) -> dict[str, float]:
+    """Fraction of samples of each problem id that are correct."""
+    totals: dict[str, list[int]] = {}
+    for i, ok in zip(ids, correct, strict=True):
+        t = totals.setdefault(i, [0, 0])
+        t[0] += bool(ok)
+        t[1] += 1
+    return {i: k / n for i, (k, n) in totals.items()}
+
+
+def mine_mistakes(rates: dict[str, float], low: float = 0.3, high: float = 0.8) -> list[str]:
+    """Problem ids ordered for labelling: solve rate within [low, high] first (the policy makes
+    mistakes there, yet can recover), then the rest by distance to the range; ties keep order."""
+    def distance(r: float) -> float:
+        return 0.0 if low <= r <= high else min(abs(r - low), abs(r - high))
+
+    return sorted(rates, key=lambda i: distance(rates[i]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Monte-Carlo rollouts
+
+
+@dataclass
+class MCItem:
+    question: str
+    answer: str
+    steps: list[str]
+    correct: bool  # the solution's own final answer
+
+
+def prefix_completion(steps: Sequence[str]) -> str:
+    """The open PoT completion a rollout continues: the fence and the first steps."""
+    return "```python\n" + "".join(s + "\n" for s in steps)
+
+
+Rollout = Callable[[list[str], list[str], int], list[list[str]]]
+
+
+def policy_rollout(model, tokenizer, *, max_new_tokens: int = 128, temperature: float = 1.0, batch_size: int = 32,
+                   seed: int = 0) -> Rollout:
+    """``(questions, open completions, k) -> k continuations each``, sampled from an HF policy in
+    batches (the chat prompt, then the open completion as the start of the assistant turn)."""
+    from stages.common.generation import chat_prompts, generate  # noqa: PLC0415
+
+    def run(questions: list[str], prefixes: list[str], k: int) -> list[list[str]]:
+        heads = chat_prompts(tokenizer, questions)
+        return generate(model, tokenizer, [h + p for h, p in zip(heads, prefixes, strict=True)],
+                        max_new_tokens=max_new_tokens, batch_size=batch_size, num_return_sequences=k,
+                        temperature=temperature, seed=seed)
+
+    return run
+
+
+def mc_labels(rollout: Rollout, items: Sequence[MCItem], *, k: int = 4) -> list[dict]:
+    """Math-Shepherd labels: for steps 1..n-1, ``k`` rollouts from the prefix ending at that step
+    (all prefixes in one batched call); the last step takes the solution's own correctness.
+    Returns stepwise rows with ``labels`` (hard: any rollout correct) and ``soft_labels``
+    (fraction correct)."""
+    from rewards import score_pot  # noqa: PLC0415
+
+    jobs = [(n, i) for n, it in enumerate(items) for i in range(1, len(it.steps))]
+    prefixes = [prefix_completion(items[n].steps[:i]) for n, i in jobs]
+    outs = rollout([items[n].question for n, _ in jobs], prefixes, k) if jobs else []
+    texts = [p + c for p, cs in zip(prefixes, outs, strict=True) for c in cs]
+    golds = [items[n].answer for n, _ in jobs for _ in range(k)]
+    scores = score_pot(texts, golds) if texts else []
+    frac: dict[tuple[int, int], float] = {}
+    for j, (n, i) in enumerate(jobs):
+        frac[(n, i)] = sum(bool(s.correct) for s in scores[j * k : (j + 1) * k]) / k
+    rows = []
+    for n, it in enumerate(items):
+        soft = [frac[(n, i)] for i in range(1, len(it.steps))] + [1.0 if it.correct else 0.0]
+        rows.append({"prompt": it.question, "completions": list(it.steps), "labels": [s > 0 for s in soft],
+                     "soft_labels": soft})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# LLM judge and the HE / SE reward transforms
+
+JUDGE_SYSTEM = ("You check solutions to math problems step by step. For every numbered step, answer on its own "
+                "line 'Step N: correct' or 'Step N: incorrect'. A step is correct when it is a valid, useful move "
+                "towards the right answer.")
+_VERDICT_RE = re.compile(r"step\s*(\d+)\s*[:\-]\s*(correct|incorrect|wrong|right)", re.IGNORECASE)
+
+
+def judge_messages(question: str, steps: Sequence[str]) -> list[dict[str, str]]:
+    body = "\n\n".join(f"Step {i + 1}:\n{s}" for i, s in enumerate(steps))
+    return [{"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": f"Problem:\n{question}\n\nSolution steps:\n{body}"}]
+
+
+def parse_verdicts(text: str, n_steps: int) -> list[bool] | None:
+    """The judge's verdict per step, or None when a step has no verdict."""
+    verdicts: dict[int, bool] = {}
+    for m in _VERDICT_RE.finditer(text):
+        verdicts.setdefault(int(m.group(1)), m.group(2).lower() in ("correct", "right"))
+    if not all(i in verdicts for i in range(1, n_steps + 1)):
+        return None
+    return [verdicts[i] for i in range(1, n_steps + 1)]
+
+
+def judge_labels(chat_model, cache, items: Sequence[tuple[str, str, list[str]]], *, max_tokens: int = 512,
+                 seed: int = 0) -> list[list[bool] | None]:
+    """Step verdicts of ``(item id, question, steps)`` items from a ChatModel (``OpenAIChat`` or
+    ``LocalChat``), through the synth stage's ``ResponseCache`` (no response is paid twice).
+    None where the judge failed or left a step without a verdict."""
+    from stages.common.teachers import ChatRequest, complete_cached  # noqa: PLC0415
+
+    reqs = [(item_id, ChatRequest.of(item_id, judge_messages(q, steps), n=1, temperature=0.0,
+                                     max_tokens=max_tokens, seed=seed), [0]) for item_id, q, steps in items]
+    texts = {s.item_id: s.text for s in complete_cached(chat_model, cache, reqs)}
+    return [parse_verdicts(texts.get(item_id) or "", len(steps)) for item_id, _, steps in items]
+
+
+def he_rewards(step_correct: Sequence[bool], solution_correct: bool) -> list[float]:
+    """HE: +1 only when the step and the whole solution are correct, else -1."""
+    return [1.0 if (ok and solution_correct) else -1.0 for ok in step_correct]
+
+
+def se_rewards(step_correct: Sequence[bool]) -> list[float]:
+    """SE: 0.5 + 0.5 * position/steps for a correct step, -0.5 - 0.5 * position/steps for a wrong
+    one (position counts from 1, so later steps weigh more)."""
+    n = len(step_correct)
+    return [(0.5 + 0.5 * (i + 1) / n) if ok else (-0.5 - 0.5 * (i + 1) / n) for i, ok in enumerate(step_correct)]
+
+
+def rewards_to_labels(rewards: Sequence[float]) -> list[float]:
+    """HE/SE rewards in [-1, 1] as soft stepwise labels in [0, 1]."""
+    return [(r + 1.0) / 2.0 for r in rewards]
+
+
+# ---------------------------------------------------------------------------------------------
+# Importers (each yields stepwise rows)
+
+PRM800K_BINARIZE = {
+    # PRM800K: -1 a wrong step, 0 a neutral (ok but unhelpful) step, +1 a good step
+    "three": {-1: "negative", 0: "neutral", 1: "positive"},
+    "neutral_positive": {-1: False, 0: True, 1: True},  # Let's Verify Step by Step's convention
+    "neutral_negative": {-1: False, 0: False, 1: True},
+}
+
+
+def import_prm800k(path: str, mode: str = "neutral_positive") -> Iterable[dict]:
+    """PRM800K rows: ``{"question": {"problem"}, "label": {"steps": [{"completions": [{"text",
+    "rating"}], "chosen_completion"}]}}``; each step takes its chosen completion (the first when
+    none is chosen) and stops at a step without a rating. ``mode`` picks three classes or one of
+    the binarisations in ``PRM800K_BINARIZE``."""
+    mapping = PRM800K_BINARIZE[mode]
+    for lineno, row in iter_jsonl(path):
+        try:
+            question = row["question"]["problem"]
+            raw_steps = row["label"]["steps"]
+        except (KeyError, TypeError) as e:
+            raise DataFormatError(path, lineno, "question.problem/label.steps", f"is missing ({e})") from e
+        steps, labels = [], []
+        for j, st in enumerate(raw_steps):
+            comps = st.get("completions") or []
+            chosen = st.get("chosen_completion")
+            c = comps[chosen if isinstance(chosen, int) else 0] if comps else None
+            if c is None or c.get("rating") is None:
+                break
+            if c["rating"] not in mapping:
+                raise DataFormatError(path, lineno, f"label.steps[{j}].rating", f"must be -1, 0 or 1, got {c['rating']!r}")
+            steps.append(c["text"])
+            labels.append(mapping[c["rating"]])
+        if steps:
+            yield validate_row({"prompt": question, "completions": steps, "labels": labels}, STEPWISE, path, lineno)
+
+
+def import_math_shepherd(path: str, tag: str = "ки") -> Iterable[dict]:
+    """Math-Shepherd rows ``{"input", "label"}`` (optionally ``value``): ``input`` is the question
+    then steps each ending with ``tag``; ``label`` is the same text with each tag replaced by
+    ``+`` or ``-``; a ``value`` list of ``+``/``-`` overrides it."""
+    for lineno, row in iter_jsonl(path):
+        text = row.get("input") if isinstance(row, dict) else None
+        if not isinstance(text, str):
+            raise DataFormatError(path, lineno, "input", "is missing or not a string")
+        parts = text.split(tag)
+        m = re.search(r"Step\s*1\s*:", parts[0])
+        question = parts[0][: m.start()].strip() if m else ""
+        steps = [p.strip() for p in ([parts[0][m.start():]] if m else [parts[0]]) + parts[1:-1]]
+        value = row.get("value")
+        if isinstance(value, list):
+            signs = value
+        else:
+            label = row.get("label")
+            if not isinstance(label, str):
+                raise DataFormatError(path, lineno, "label", "is missing (neither value nor label)")
+            signs, offset, shift = [], 0, len(tag) - 1
+            for j in range(len(parts) - 1):
+                offset += len(parts[j])
+                signs.append(label[offset - j * shift] if offset - j * shift < len(label) else "?")
+                offset += len(tag)
+        if len(signs) != len(steps) or any(s not in ("+", "-") for s in signs):
+            raise DataFormatError(path, lineno, "label", f"expected one '+' or '-' per step ({len(steps)}), got {signs!r:.80}")
+        yield validate_row({"prompt": question, "completions": steps, "labels": [s == "+" for s in signs]},
+                           STEPWISE, path, lineno)
+
+
+def import_pi_scores(path: str) -> Iterable[dict]:
+    """``{"question", "steps", "pi", "meta_label"}`` rows: ``pi`` is each step's probability of
+    being correct (a soft label); ``meta_label`` is the index of the first wrong step (-1 or null
+    when the solution is correct): that step and the ones after it are labelled 0.0."""
+    for lineno, row in iter_jsonl(path):
+        for f in ("question", "steps", "pi"):
+            if f not in row:
+                raise DataFormatError(path, lineno, f, "is missing")
+        steps, pi = row["steps"], row["pi"]
+        if len(pi) != len(steps):
+            raise DataFormatError(path, lineno, "pi", f"has {len(pi)} scores for {len(steps)} steps")
+        first = row.get("meta_label")
+        first = len(steps) if first is None or first < 0 else int(first)
+        labels = [min(1.0, max(0.0, float(p))) if i < first else 0.0 for i, p in enumerate(pi)]
+        yield validate_row({"prompt": row["question"], "completions": steps, "labels": labels}, STEPWISE, path, lineno)
+
+
+def import_text_label(path: str, label_map: dict[str, Any]) -> Iterable[dict]:
+    """``{"text", "label"}`` step rows (with ``prompt`` or ``question``, and an optional
+    ``solution_id``), consecutive rows of one solution grouped; ``label_map`` maps each raw label
+    (as a string) to a stepwise label (bool, number in [0, 1] or class name)."""
+    current: dict | None = None
+    key: Any = None
+    for lineno, row in iter_jsonl(path):
+        for f in ("text", "label"):
+            if f not in row:
+                raise DataFormatError(path, lineno, f, "is missing")
+        raw = str(row["label"])
+        if raw not in label_map:
+            raise DataFormatError(path, lineno, "label", f"{raw!r} is not in the label map {sorted(label_map)}")
+        prompt = row.get("prompt", row.get("question", ""))
+        k = (prompt, row.get("solution_id"))
+        if current is None or k != key:
+            if current is not None:
+                yield validate_row(current, STEPWISE, path, lineno)
+            current, key = {"prompt": prompt, "completions": [], "labels": []}, k
+        current["completions"].append(row["text"])
+        current["labels"].append(label_map[raw])
+    if current is not None:
+        yield validate_row(current, STEPWISE, path, None)
+
+
+IMPORTERS: dict[str, Callable[..., Iterable[dict]]] = {
+    "prm800k": import_prm800k,
+    "math_shepherd": import_math_shepherd,
+    "pi_scores": import_pi_scores,
+    "text_label": import_text_label,
+}
+
+
+def solution_steps(completion: str) -> list[str]:
+    return split_solution(completion)
+
+
+def reference_completion(program: str) -> str:
+    return format_completion(program)

@@ -1,0 +1,122 @@
+"""The PRM's input encoding and label spaces, shared by training and scoring.
+
+A solution is scored in one forward pass of an ``AutoModelForTokenClassification``: the input is
+the problem prompt followed by every step, each step followed by the step separator, and the
+prediction for a step is read at the last token of ``step + separator``. Training and scoring both
+encode through :func:`encode_solution` (steps from ``stages.common.steps.split_solution``), so
+the two cannot drift apart (the best-known PRM bug). The encoding settings travel with the
+checkpoint in ``prm_config.json``.
+
+Label modes:
+- ``hard``: two classes (0 wrong, 1 correct), cross-entropy;
+- ``soft``: two logits, binary cross-entropy of ``logit1 - logit0`` on a soft target in [0, 1];
+- ``three``: negative / neutral / positive, cross-entropy; a step's score is 1 - P(negative)
+  (PRM800K's convention: a neutral step does not make the solution wrong).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from stages.common.generation import chat_prompts
+
+PRM_CONFIG = "prm_config.json"
+LABEL_MODES = ("hard", "soft", "three")
+CLASS_NAMES = ("negative", "neutral", "positive")
+IGNORE = -100.0
+
+
+@dataclass
+class EncodingConfig:
+    """What must be identical at training and scoring time."""
+
+    label_mode: str = "hard"
+    step_separator: str = "\n"
+    chat_template: bool = True  # the PoT chat prompt when the tokenizer has a chat template
+    max_length: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.label_mode not in LABEL_MODES:
+            raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {self.label_mode!r}")
+
+    @property
+    def num_labels(self) -> int:
+        return 3 if self.label_mode == "three" else 2
+
+    def save(self, folder: str | Path) -> None:
+        (Path(folder) / PRM_CONFIG).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> EncodingConfig:
+        path = Path(folder) / PRM_CONFIG
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing; not a PRM checkpoint written by stages.prm")
+        return cls(**json.loads(path.read_text()))
+
+
+def prompt_text(tokenizer, question: str, cfg: EncodingConfig) -> str:
+    if cfg.chat_template and getattr(tokenizer, "chat_template", None):
+        return chat_prompts(tokenizer, [question])[0] + "```python\n"
+    return question + "\n"
+
+
+def encode_solution(tokenizer, question: str, steps: list[str], cfg: EncodingConfig,
+                    *, truncate: bool = True) -> tuple[list[int], list[int]]:
+    """(input ids, position of each step's prediction token). Each piece is tokenised on its own
+    so that step boundaries are exact; steps that do not fit in ``max_length`` are dropped when
+    ``truncate`` (training), kept otherwise (scoring, where every step needs a score)."""
+    chat = cfg.chat_template and getattr(tokenizer, "chat_template", None)
+    ids: list[int] = list(tokenizer(prompt_text(tokenizer, question, cfg), add_special_tokens=not chat)["input_ids"])
+    if not chat and tokenizer.sep_token_id is not None and ids and ids[-1] == tokenizer.sep_token_id:
+        ids = ids[:-1]  # an encoder's [SEP] ends the whole input, not the prompt
+    positions: list[int] = []
+    for step in steps:
+        piece = tokenizer(step + cfg.step_separator, add_special_tokens=False)["input_ids"]
+        if not piece:
+            piece = tokenizer(cfg.step_separator or " ", add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
+        if truncate and len(ids) + len(piece) > cfg.max_length:
+            break
+        ids += piece
+        positions.append(len(ids) - 1)
+    return ids, positions
+
+
+def step_target(label: Any, mode: str, *, hard_threshold: float = 0.5, neutral_as: bool = True) -> float:
+    """A stepwise label (bool, soft value, class name) as the training target of ``mode``."""
+    if isinstance(label, str):
+        if label not in CLASS_NAMES:
+            raise ValueError(f"unknown class label {label!r}")
+        if mode == "three":
+            return float(CLASS_NAMES.index(label))
+        value = {"negative": 0.0, "neutral": 1.0 if neutral_as else 0.0, "positive": 1.0}[label]
+        return value
+    value = float(label)
+    if mode == "three":
+        return 2.0 if value >= hard_threshold else 0.0
+    if mode == "hard":
+        return 1.0 if value >= hard_threshold else 0.0
+    return value
+
+
+def step_probabilities(logits, mode: str):
+    """P(step is correct) from the token-classification logits at the step positions."""
+    probs = logits.float().softmax(-1)
+    if mode == "three":
+        return 1.0 - probs[..., 0]
+    return probs[..., 1]
+
+
+def load_token_classifier(path: str, num_labels: int, model_args: Any = None):
+    """Any ``AutoModelForTokenClassification`` backbone (a causal LM checkpoint gets a new head)."""
+    from transformers import AutoModelForTokenClassification  # noqa: PLC0415
+
+    from stages.common.modeling import model_kwargs  # noqa: PLC0415
+
+    kwargs = model_kwargs(model_args) if model_args is not None else {}
+    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = getattr(model.config, "eos_token_id", None) or 0
+    return model

@@ -1,0 +1,215 @@
+"""The PRM stage's steps between parsing and finalising: sample policy solutions, label their
+steps (MC rollouts, LLM judge or imported files), train, evaluate. ``stages/prm.py`` stays thin."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stages.common.data import DataFormatError
+from stages.common.steps import split_solution
+from stages.prm_lib import labels as L
+from stages.prm_lib.model import CLASS_NAMES, EncodingConfig
+
+log = logging.getLogger("mathforge.prm")
+
+
+def sample_solutions(model, tokenizer, problems: Sequence[dict], *, n: int, temperature: float, max_new_tokens: int,
+                     batch_size: int, seed: int) -> list[dict]:
+    """``n`` sampled PoT solutions per problem, checked in the sandbox: Verified-like rows."""
+    from rewards import score_pot  # noqa: PLC0415
+    from stages.common.generation import chat_prompts, generate  # noqa: PLC0415
+
+    outs = generate(model, tokenizer, chat_prompts(tokenizer, [p["question"] for p in problems]),
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, num_return_sequences=n,
+                    temperature=temperature, seed=seed)
+    flat = [(p, c) for p, cs in zip(problems, outs, strict=True) for c in cs]
+    scores = score_pot([c for _, c in flat], [p["answer"] for p, _ in flat])
+    return [{"id": p["id"], "question": p["question"], "answer": p["answer"], "completion": c,
+             "executed_answer": s.answer, "correct": bool(s.correct), "domain": domain_of(p)}
+            for (p, c), s in zip(flat, scores, strict=True)]
+
+
+def domain_of(problem: dict) -> str:
+    """The reweighting domain of a problem: its ``domain`` field, the arithmetic task's level, or its source."""
+    if "domain" in problem:
+        return str(problem["domain"])
+    if "level" in problem:
+        return f"level{problem['level']}"
+    return str(problem["id"]).split("-")[0]
+
+
+def mined_solutions(samples: list[dict], *, low: float, high: float, limit: int) -> tuple[list[dict], dict]:
+    """Distinct solutions with steps, from problems ordered by mistake mining, at most ``limit``."""
+    rates = L.solve_rates([s["id"] for s in samples], [s["correct"] for s in samples])
+    order = L.mine_mistakes(rates, low, high)
+    by_id: dict[str, list[dict]] = {}
+    for s in samples:
+        by_id.setdefault(s["id"], []).append(s)
+    chosen: list[dict] = []
+    for pid in order:
+        seen = set()
+        for s in by_id[pid]:
+            if s["completion"] in seen or not split_solution(s["completion"]):
+                continue
+            seen.add(s["completion"])
+            chosen.append(s)
+        if len(chosen) >= limit:
+            break
+    in_range = sum(low <= r <= high for r in rates.values())
+    return chosen[:limit], {"problems": len(rates), "problems_in_mining_range": in_range,
+                            "mean_solve_rate": sum(rates.values()) / len(rates) if rates else 0.0}
+
+
+def mc_rows(policy, tokenizer, solutions: Sequence[dict], args: Any, seed: int) -> list[dict]:
+    items = [L.MCItem(s["question"], s["answer"], split_solution(s["completion"]), s["correct"]) for s in solutions]
+    rollout = L.policy_rollout(policy, tokenizer, max_new_tokens=args.gen_max_new_tokens,
+                               temperature=args.rollout_temperature, batch_size=args.gen_batch_size, seed=seed)
+    rows = L.mc_labels(rollout, items, k=args.mc_rollouts)
+    for r, s in zip(rows, solutions, strict=True):
+        r["id"], r["solution_correct"], r["domain"] = s["id"], s["correct"], s.get("domain", "default")
+    return rows
+
+
+def judge_model(args: Any, run_dir: Path):
+    from stages.common import teachers as T  # noqa: PLC0415
+
+    if args.judge == "openai":
+        if not args.judge_model:
+            raise T.TeacherError("the openai judge needs judge_model")
+        return T.OpenAIChat(args.judge_model, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
+                            seed=args.seed_judge)
+    spec = args.judge_model or ""
+    if not spec:
+        raise T.TeacherError("the local judge needs judge_model (a folder, checkpoint, hub id or @<stage>)")
+    if spec.startswith("@"):
+        spec = str(run_dir / spec[1:])
+    return T.LocalChat(spec, batch_size=args.gen_batch_size, seed=args.seed_judge)
+
+
+def judge_rows(chat, cache, solutions: Sequence[dict], transform: str) -> tuple[list[dict], int]:
+    """Stepwise rows from the judge's verdicts (transformed by HE or SE); returns (rows, failed)."""
+    items = [(f"{s['id']}#{i}", s["question"], split_solution(s["completion"])) for i, s in enumerate(solutions)]
+    verdicts = L.judge_labels(chat, cache, items)
+    rows, failed = [], 0
+    for s, (_, q, steps), v in zip(solutions, items, verdicts, strict=True):
+        if v is None:
+            failed += 1
+            continue
+        if transform == "he":
+            lab: list = L.rewards_to_labels(L.he_rewards(v, s["correct"]))
+        elif transform == "se":
+            lab = L.rewards_to_labels(L.se_rewards(v))
+        else:
+            lab = list(v)
+        rows.append({"prompt": q, "completions": steps, "labels": lab, "id": s["id"],
+                     "solution_correct": s["correct"], "domain": s.get("domain", "default")})
+    return rows, failed
+
+
+def teacher_solutions(chat, cache, problems: Sequence[dict], n: int, max_tokens: int) -> list[dict]:
+    """The judge's own PoT solutions (the teacher generates and scores), checked in the sandbox."""
+    from rewards import score_pot  # noqa: PLC0415
+    from stages.common.pot import build_messages  # noqa: PLC0415
+    from stages.common.teachers import ChatRequest, complete_cached  # noqa: PLC0415
+
+    reqs = [(f"gen:{p['id']}", ChatRequest.of(f"gen:{p['id']}", build_messages(p["question"]), n=n,
+                                              temperature=0.8, max_tokens=max_tokens), list(range(n)))
+            for p in problems]
+    by_id = {f"gen:{p['id']}": p for p in problems}
+    got = [(by_id[s.item_id], s.text) for s in complete_cached(chat, cache, reqs) if s.text]
+    scores = score_pot([t for _, t in got], [p["answer"] for p, _ in got])
+    return [{"id": p["id"], "question": p["question"], "answer": p["answer"], "completion": t,
+             "executed_answer": sc.answer, "correct": bool(sc.correct)} for (p, t), sc in zip(got, scores, strict=True)]
+
+
+def imported_rows(files: Sequence[str], fmt: str, *, prm800k_mode: str, label_map: dict | None) -> list[dict]:
+    if fmt not in L.IMPORTERS and fmt != "stepwise":
+        raise ValueError(f"import_format must be stepwise or one of {sorted(L.IMPORTERS)}, got {fmt!r}")
+    rows: list[dict] = []
+    for f in files:
+        if fmt == "prm800k":
+            rows += L.import_prm800k(f, prm800k_mode)
+        elif fmt == "text_label":
+            if not label_map:
+                raise DataFormatError(f, None, "import_label_map", "text_label rows need a label map (JSON object)")
+            rows += L.import_text_label(f, label_map)
+        elif fmt == "stepwise":
+            from stages.common.data import read_jsonl  # noqa: PLC0415
+
+            rows += read_jsonl(f, "stepwise")
+        else:
+            rows += L.IMPORTERS[fmt](f)
+    return rows
+
+
+def split_rows(rows: list[dict], eval_fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Held-out rows for step metrics, split by problem so no problem is in both parts."""
+    keys = sorted({r.get("id") or r["prompt"] for r in rows})
+    random.Random(seed).shuffle(keys)
+    held = set(keys[: int(round(eval_fraction * len(keys)))])
+    return ([r for r in rows if (r.get("id") or r["prompt"]) not in held],
+            [r for r in rows if (r.get("id") or r["prompt"]) in held])
+
+
+def step_correct(label: Any, threshold: float) -> bool:
+    if isinstance(label, str):
+        return label != CLASS_NAMES[0]
+    return float(label) >= threshold
+
+
+def evaluate_steps(scorer, rows: Sequence[dict], threshold: float) -> dict:
+    from stages.prm_lib.metrics import first_error_metrics, step_metrics  # noqa: PLC0415
+
+    probs = scorer.score_steps([r["prompt"] for r in rows], [list(r["completions"]) for r in rows])
+    gold = [[step_correct(x, threshold) for x in r["labels"]] for r in rows]
+    flat_gold = [g for gs in gold for g in gs]
+    flat_p = [p for ps in probs for p in ps]
+    return {"steps": step_metrics(flat_gold, flat_p), "first_error": first_error_metrics(gold, probs)}
+
+
+def evaluate_best_of_n(scorer, samples: Sequence[dict], n: int, seed: int) -> tuple[dict, list[dict]]:
+    from stages.prm_lib.metrics import best_of_n  # noqa: PLC0415
+
+    scores = scorer.score([s["question"] for s in samples], [s["completion"] for s in samples])
+    groups: dict[str, list[dict]] = {}
+    details = []
+    for s, sc in zip(samples, scores, strict=True):
+        groups.setdefault(s["id"], []).append({"scores": sc, "correct": s["correct"], "answer": s["executed_answer"]})
+        details.append({**s, "step_scores": sc})
+    return best_of_n([g for g in groups.values() if len(g) == n], seed=seed), details
+
+
+def timed(label: str, timings: dict):
+    """Context manager that records wall seconds of a phase into ``timings``."""
+    class _T:
+        def __enter__(self):
+            self.t = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[label] = round(time.perf_counter() - self.t, 2)
+            log.info("%s took %.1fs", label, timings[label])
+
+    return _T()
+
+
+def parse_label_map(text: str | None) -> dict | None:
+    if not text:
+        return None
+    try:
+        m = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"import_label_map is not a JSON object: {e}") from e
+    if not isinstance(m, dict):
+        raise ValueError("import_label_map must be a JSON object")
+    return {str(k): v for k, v in m.items()}
+
+
+def encoding_config(args: Any) -> EncodingConfig:
+    return EncodingConfig(label_mode=args.label_mode, step_separator=args.step_separator,
+                          chat_template=args.chat_template, max_length=args.max_length)

@@ -1,0 +1,180 @@
+"""End to end: the runner evaluates the tiny model through lighteval, offline; its greedy PoT
+agrees with stages.common.generation.evaluate_pot; results are keyed by the weights; the repair
+and PRM hooks call the interfaces eval documents and fail clearly when their stages are absent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from eval import gsm8k as runner
+from eval.tasks import problems_of
+
+TINY_ARGS = ["--max_new_tokens", "24", "--cot_max_new_tokens", "24", "--batch_size", "5", "--dtype", "float32"]
+
+
+@pytest.fixture(scope="module")
+def base(tiny_base: Path, tmp_path_factory) -> Path:
+    """A private copy of the tiny base checkpoint (eval writes into the checkpoint's eval/)."""
+    dst = tmp_path_factory.mktemp("evalrun") / "run" / "base" / "v1"
+    shutil.copytree(tiny_base, dst, ignore=shutil.ignore_patterns("eval"))
+    return dst
+
+
+def _results(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_runner_end_to_end_offline(base: Path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = runner.main(["--model", str(base), "--eval_sets", "gsm8k:test", "--limit", "4", "--task", "pot", "cot",
+                          "--samples", "2", *TINY_ARGS])
+    assert folder.parent == base / "eval" and not (base / "eval" / f"{folder.name}.partial").exists()
+    res = _results(folder)
+    assert res["model"]["manifest_sha256"] and res["model"]["kind"] == "checkpoint"
+    pot, cot = res["sets"]["gsm8k:test"]["pot"], res["sets"]["gsm8k:test"]["cot"]
+    for m, task in ((pot, "pot_gsm8k_test_l4"), (cot, "cot_gsm8k_test_l4")):
+        assert m["n"] == 4 and 0.0 <= m["pass@1"] <= 1.0
+        lo, hi = m["pass@1_ci95"]
+        assert lo <= m["pass@1"] <= hi
+        # lighteval's own aggregation of the same judgments
+        assert m["lighteval"][f"{task}|0"]["pass@1"] == pytest.approx(m["pass@1"])
+        assert set(m["sampled"]) >= {"pass@1", "pass@2", "maj@2", "samples"}
+        assert m["lighteval"][f"{task}_n2|0"]["maj@2"] == pytest.approx(m["sampled"]["maj@2"])
+    assert {"no_program_rate", "exec_error_rate"} <= set(pot) and "no_answer_rate" in cot
+
+    gsm = problems_of("gsm8k:test")[:4]
+    pot_rows = _rows(folder / "details" / "pot_gsm8k_test.jsonl")
+    greedy = [r for r in pot_rows if r["decoding"] == "greedy"]
+    sampled = [r for r in pot_rows if r["decoding"] == "sample"]
+    assert [r["id"] for r in greedy] == [p["id"] for p in gsm]
+    assert [r["answer"] for r in greedy] == [p["answer"] for p in gsm]
+    assert len(sampled) == 8 and {r["sample"] for r in sampled} == {0, 1}
+    assert all(r["n_tokens"] > 0 and isinstance(r["completion"], str) for r in pot_rows)
+    assert [t["task"] for t in res["timings"]] and all(t["wall_s"] > 0 for t in res["timings"])
+    cot_rows = _rows(folder / "details" / "cot_gsm8k_test.jsonl")
+    assert "extracted_answer" in cot_rows[0] and len(cot_rows) == 12
+
+    # same model, config and data: found, not evaluated again
+    again = runner.main(["--model", str(base), "--eval_sets", "gsm8k:test", "--limit", "4", "--task", "pot", "cot",
+                         "--samples", "2", *TINY_ARGS])
+    assert again == folder
+
+
+@pytest.mark.slow
+def test_greedy_pot_agrees_with_evaluate_pot(base: Path):
+    from stages.common.generation import evaluate_pot
+    from stages.common.modeling import load_causal_lm, load_tokenizer
+
+    n = 12
+    folder = runner.main(["--model", str(base), "--eval_sets", "arith:test:500", "--limit", str(n), "--task", "pot",
+                          *TINY_ARGS])
+    res = _results(folder)["sets"]["arith:test:500"]["pot"]
+    rows = _rows(folder / "details" / "pot_arith_test_500.jsonl")
+
+    tok = load_tokenizer(str(base))
+    model = load_causal_lm(str(base), None, dtype="float32")
+    metrics, details = evaluate_pot(model, tok, list(problems_of("arith:test:500")[:n]), max_new_tokens=24,
+                                    batch_size=5)
+    assert [d["completion"] for d in details] == [r["completion"] for r in rows]
+    assert [d["status"] for d in details] == [r["status"] for r in rows]
+    for key in ("pass@1", "mean_completion_tokens", "no_program_rate", "exec_error_rate"):
+        assert res[key] == pytest.approx(metrics[key]), key
+
+
+def test_repair_and_prm_fail_clearly_before_generating(base: Path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "stages.revise", None)  # import fails like a missing module
+    with pytest.raises(SystemExit, match=r"--repair needs the revise stage.*stages\.revise\.repair\(model"):
+        runner.main(["--model", str(base), "--eval_sets", "arith:test:3", "--repair", "2"])
+    monkeypatch.setitem(sys.modules, "stages.prm", None)
+    with pytest.raises(SystemExit, match=r"--prm needs the PRM stage.*PRMScorer\(checkpoint\)\.score"):
+        runner.main(["--model", str(base), "--eval_sets", "arith:test:3", "--samples", "2", "--prm", str(base)])
+    with pytest.raises(SystemExit, match="needs --samples K with K >= 2"):
+        runner.main(["--model", str(base), "--eval_sets", "arith:test:3", "--prm", str(base)])
+    with pytest.raises(SystemExit, match="--task must be among"):
+        runner.main(["--model", str(base), "--task", "tot"])
+    with pytest.raises(SystemExit, match="unknown key"):
+        cfg = base.parent.parent / "bad_eval.yaml"
+        cfg.write_text("eval_sets: [arith:test:3]\nsampels: 4\n")
+        runner.main(["--config", str(cfg), "--model", str(base)])
+
+
+@pytest.mark.slow
+def test_repair_and_prm_hooks_are_called_with_the_documented_interfaces(base: Path, monkeypatch):
+    """Stand-ins for the revise and PRM stages (not written yet) check what eval passes and
+    returns: repair gets failed attempts with sandbox feedback and no gold; the PRM scores
+    (problem, solution) pairs and its step scores drive best-of-k."""
+    from stages.common.pot import format_completion
+
+    problems = problems_of("arith:test:500")[:3]
+    reference = {p["question"]: format_completion(p["program"]) for p in problems}
+    seen: dict = {}
+
+    def repair(model, tokenizer, attempts, *, rounds, max_new_tokens, seed):
+        seen["repair"] = {"attempts": attempts, "rounds": rounds, "max_new_tokens": max_new_tokens}
+        return [reference[a["question"]] for a in attempts]
+
+    class PRMScorer:
+        def __init__(self, checkpoint):
+            seen["prm_checkpoint"] = checkpoint
+
+        def score(self, problems, solutions):
+            seen.setdefault("prm_calls", []).append(len(solutions))
+            return [[0.9, 0.8] if "print" in s else [0.1] for s in solutions]
+
+    monkeypatch.setitem(sys.modules, "stages.revise", types.SimpleNamespace(repair=repair))
+    monkeypatch.setitem(sys.modules, "stages.prm", types.SimpleNamespace(PRMScorer=PRMScorer))
+    folder = runner.main(["--model", str(base), "--eval_sets", "arith:test:500", "--limit", "3", "--task", "pot",
+                          "--samples", "2", "--repair", "2", "--repair_max_new_tokens", "16", "--prm", "my-prm",
+                          *TINY_ARGS])
+    res = _results(folder)["sets"]["arith:test:500"]["pot"]
+    attempts = seen["repair"]["attempts"]
+    # the untrained model writes no program: every greedy attempt fails and is handed to repair
+    assert len(attempts) == 3 and seen["repair"]["rounds"] == 2 and seen["repair"]["max_new_tokens"] == 16
+    assert set(attempts[0]) == {"id", "question", "completion", "status", "error_type", "stderr"}
+    assert all(a["status"] != "ok" and a["stderr"] for a in attempts)
+    assert res["repair"] == {"rounds": 2, "attempted": 3, "fixed": 3, "pass@1": 1.0}
+    assert seen["prm_checkpoint"] == "my-prm" and seen["prm_calls"] == [6]
+    assert {"prm_best_of_2", "prm_weighted_maj@2"} <= set(res["sampled"])
+    rows = _rows(folder / "details" / "pot_arith_test_500.jsonl")
+    assert all("prm_score" in r for r in rows if r["decoding"] == "sample")
+    assert all(r["repair"]["correct"] for r in rows if r["decoding"] == "greedy")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(base: Path, tmp_path: Path):
+    """Under `accelerate launch` with two CPU processes each rank generates a shard; the greedy
+    completions are the single-process ones, and every task's samples stay with their problems."""
+    import os
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    common = ["--model", str(base), "--eval_sets", "arith:test:500", "--limit", "6", "--task", "pot", "cot",
+              "--samples", "2", "--max_new_tokens", "12", "--cot_max_new_tokens", "12", "--batch_size", "4",
+              "--dtype", "float32"]
+    one = runner.main([*common, "--output_dir", str(tmp_path / "one")])
+    proc = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                           str(repo / "accelerate_configs" / "cpu.yaml"), "--num_processes", "2",
+                           "--main_process_port", "29561", "-m", "eval.gsm8k", *common,
+                           "--output_dir", str(tmp_path / "two")],
+                          cwd=repo, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (two,) = [p for p in (tmp_path / "two").iterdir() if (p / "results.json").exists()]
+    assert _results(two)["world_size"] == 2
+    for name in ("pot_arith_test_500", "cot_arith_test_500"):
+        a, b = _rows(one / "details" / f"{name}.jsonl"), _rows(two / "details" / f"{name}.jsonl")
+        greedy = [[r["completion"] for r in rows if r["decoding"] == "greedy"] for rows in (a, b)]
+        assert greedy[0] == greedy[1]
+        assert sorted((r["id"], r["sample"]) for r in b if r["decoding"] == "sample") == \
+            sorted((r["id"], s) for r in a if r["decoding"] == "greedy" for s in (0, 1))
