@@ -48,9 +48,9 @@ for stage in $STAGES; do
     exit 1
   fi
   echo "=== [$stage] done in $(( $(date +%s) - t0 ))s"
-  # Evaluate every training stage's checkpoint on the recipe's eval sets (eval/ writes into its
-  # eval/ folder; the synth stage writes data, not a model).
-  if [ "$stage" != synth ] && [ -f eval/gsm8k.py ] && [ -f "$RECIPE/eval.yaml" ]; then
+  # Evaluate every policy checkpoint on the recipe's eval sets (eval/ writes into its eval/ folder;
+  # synth writes data and prm a step classifier, neither is a policy that generates).
+  if [ "$stage" != synth ] && [ "$stage" != prm ] && [ -f eval/gsm8k.py ] && [ -f "$RECIPE/eval.yaml" ]; then
     echo "=== [eval $stage]"
     if ! .venv/bin/accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_PROCESSES" \
         -m eval.gsm8k --config "$RECIPE/eval.yaml" --model "$RUNS_DIR/$RUN/$stage"; then

@@ -148,8 +148,17 @@ def run_lighteval(lm: Any, specs: list) -> tuple[dict[str, list], dict[str, dict
     (launcher NONE), so every rank holds the judgments the repair and PRM steps need."""
     import tempfile  # noqa: PLC0415
 
+    import torch  # noqa: PLC0415
     from lighteval.logging.evaluation_tracker import EvaluationTracker  # noqa: PLC0415
-    from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters  # noqa: PLC0415
+
+    # lighteval.pipeline imports lighteval's transformers model, whose module body calls
+    # torch.set_grad_enabled(False) for the whole process: a stage that evaluates and then trains
+    # (or a test session) would silently train nothing. Import it with the grad mode restored.
+    grad_mode = torch.is_grad_enabled()
+    try:
+        from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters  # noqa: PLC0415
+    finally:
+        torch.set_grad_enabled(grad_mode)
 
     from eval.offline import lighteval_patches  # noqa: PLC0415
     from eval.tasks import tasks_module  # noqa: PLC0415

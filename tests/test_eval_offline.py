@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from eval import offline
 
@@ -89,6 +90,16 @@ def test_new_weights_at_the_same_path_are_evaluated_again(tmp_path: Path):
 
     a = build_tiny_checkpoint(tmp_path / "a", seed=0, **DEFAULT_SIZES)
     b = build_tiny_checkpoint(tmp_path / "b", seed=1, **DEFAULT_SIZES)
+    # At the default init the residual stream is the input embedding, so a tied-embedding model
+    # repeats its last prompt token whatever its seed; larger layer weights make the two differ.
+    from transformers import AutoModelForCausalLM
+    for seed, folder in enumerate((a, b)):
+        lm = AutoModelForCausalLM.from_pretrained(folder)
+        torch.manual_seed(seed)
+        for name, w in lm.named_parameters():
+            if w.dim() == 2 and "embed" not in name:
+                w.data.normal_(0.0, 0.5)
+        lm.save_pretrained(folder)
     model = tmp_path / "model"  # a plain model folder, retrained in place
     shutil.copytree(a, model)
     args = ["--model", str(model), "--eval_sets", "arith:test:4", "--max_new_tokens", "16", "--batch_size", "4",

@@ -52,6 +52,8 @@ def test_runner_end_to_end_offline(base: Path, monkeypatch):
         assert set(m["sampled"]) >= {"pass@1", "pass@2", "maj@2", "samples"}
         assert m["lighteval"][f"{task}_n2|0"]["maj@2"] == pytest.approx(m["sampled"]["maj@2"])
     assert {"no_program_rate", "exec_error_rate"} <= set(pot) and "no_answer_rate" in cot
+    import torch
+    assert torch.is_grad_enabled()  # lighteval's import-time set_grad_enabled(False) is undone
 
     gsm = problems_of("gsm8k:test")[:4]
     pot_rows = _rows(folder / "details" / "pot_gsm8k_test.jsonl")

@@ -366,6 +366,7 @@ class LocalChat:
                 self.usage.requests += 1
                 for j, prompt, samples in zip(idx, prompts, texts, strict=True):
                     ptok = len(tok(prompt, add_special_tokens=False)["input_ids"])
+                    # counted on the returned text, as an API bills them
                     ctok = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in samples)
                     self.usage.prompt_tokens += ptok
                     self.usage.completion_tokens += ctok
