@@ -7,7 +7,8 @@
 # Sets up .venv first when missing. A stage whose recipe is absent is left out; a completed stage
 # (same parent, config and data) is skipped by the stage itself; an interrupted one resumes. The
 # first failure stops the pipeline and names the stage. Extra arguments go to every stage
-# (e.g. `./run_pipeline.sh --dry_run true`).
+# (e.g. `./run_pipeline.sh --seed 1`). A `--dry_run true` checks a stage only once the stages before
+# it exist (a dry run builds nothing for the next stage to read).
 set -euo pipefail
 cd "$(dirname "$0")"
 
