@@ -455,26 +455,13 @@ class Runner:
         with os.scandir(self.scratch) as it:
             entries = list(it)
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False):
-                _rmtree(entry.path)
-            else:
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass
+            _remove_entry(entry)
 
     def _clear_root(self) -> None:
         """Without a uid of its own or Landlock, a run can write next to its folder too."""
         for entry in os.scandir(self.scratch_root):
-            if entry.path == self.scratch:
-                continue
-            if entry.is_dir(follow_symlinks=False):
-                _rmtree(entry.path)
-            else:
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass
+            if entry.path != self.scratch:
+                _remove_entry(entry)
 
     # -- the run child --------------------------------------------------------------------
 
@@ -574,6 +561,17 @@ def _report_error_type(name: str) -> None:
         os.write(3, name.encode())
     except OSError:
         pass
+
+
+def _remove_entry(entry: os.DirEntry) -> None:
+    """Remove a file, link or folder a run left behind (gone already is fine)."""
+    if entry.is_dir(follow_symlinks=False):
+        _rmtree(entry.path)
+    else:
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
 
 
 def _rmtree(path: str) -> None:

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stages.common.checkpoint import stage_ref
 from stages.common.data import DataFormatError, load_problems, read_jsonl
 from stages.common.pot import build_messages, format_completion
 from stages.common.stage import StageArguments, StageContext, cli, setup_logging
@@ -38,11 +39,6 @@ class SFTStageArguments(StageArguments):
     eval_batch_size: int = field(default=64, metadata={"help": "Generation batch size of the pass@1 eval."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
     export_merged: bool = field(default=False, metadata={"help": "With LoRA, also save merged full weights."})
-
-
-def resolve_source(src: str, run_dir: Path) -> str:
-    """``@<stage>`` means the latest checkpoint of that stage in this run (e.g. ``@synth``)."""
-    return str(run_dir / src[1:]) if src.startswith("@") else src
 
 
 def _input_files(sources: list[str]) -> list[str]:
@@ -101,8 +97,8 @@ def main(argv: list[str] | None = None) -> Path | None:
     if not model_args.model_name_or_path:
         raise ConfigError("model_name_or_path is required (a hub id, a folder, a checkpoint, @<stage> or 'tiny')")
     run_dir = Path(args.runs_dir) / args.run
-    args.train_data = [resolve_source(s, run_dir) for s in args.train_data]
-    args.eval_data = [resolve_source(s, run_dir) for s in args.eval_data if s.lower() != "none"]
+    args.train_data = [stage_ref(s, run_dir) for s in args.train_data]
+    args.eval_data = [stage_ref(s, run_dir) for s in args.eval_data if s.lower() != "none"]
     # read and validate all data before anything is written
     rows = load_sft_rows(args.train_data, seed=cfg.seed)
     if args.max_train_samples:
@@ -126,7 +122,7 @@ def train(ctx: StageContext, args: SFTStageArguments, cfg, model_args, rows: lis
     from trl import SFTTrainer  # noqa: PLC0415
 
     from stages.common.generation import evaluate_pot  # noqa: PLC0415
-    from stages.common.modeling import load_causal_lm, load_tokenizer, peft_config  # noqa: PLC0415
+    from stages.common.modeling import load_causal_lm, load_tokenizer, peft_config, save_policy  # noqa: PLC0415
 
     cfg.output_dir = str(ctx.trainer_dir)
     cfg.run_name = ctx.run_name
@@ -153,7 +149,7 @@ def train(ctx: StageContext, args: SFTStageArguments, cfg, model_args, rows: lis
         metrics["train_tokens_per_s"] = n_tokens / train_s
     model = trainer.model
     if ctx.is_main:
-        _save_model(trainer, tokenizer, ctx.work_dir, args.export_merged)
+        save_policy(trainer.model, tokenizer, ctx.work_dir, args.export_merged)
     if eval_problems:
         tokenizer.padding_side = "left"
         t1 = time.perf_counter()
@@ -166,18 +162,6 @@ def train(ctx: StageContext, args: SFTStageArguments, cfg, model_args, rows: lis
             log.info("pass@1 on %d held-out problems: %.1f%%", eval_metrics["n"], 100 * eval_metrics["pass@1"])
     ctx.write_json("log_history.json", trainer.state.log_history)
     return ctx.finalize(metrics)
-
-
-def _save_model(trainer, tokenizer, out: Path, export_merged: bool) -> None:
-    """Full weights, or the PEFT adapter (plus merged weights in ``merged/`` on request)."""
-    model = trainer.model
-    model.save_pretrained(out)
-    tokenizer.padding_side = "left"
-    tokenizer.save_pretrained(out)
-    if export_merged and hasattr(model, "merge_and_unload"):
-        merged = model.merge_and_unload()
-        merged.save_pretrained(out / "merged")
-        tokenizer.save_pretrained(out / "merged")
 
 
 if __name__ == "__main__":

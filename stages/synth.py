@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stages.common.checkpoint import stage_ref
 from stages.common.data import DataFormatError, gsm8k_dir, load_problems, read_jsonl
 from stages.common.pot import SYSTEM_PROMPT, extract_program, format_completion
 from stages.common.stage import StageArguments, StageContext, setup_logging
@@ -200,9 +201,7 @@ def build_teachers(args: SynthArguments, cache_dir: Path, few_shot: list[dict], 
                                      price_input_per_mtok=args.price_input_per_mtok,
                                      price_output_per_mtok=args.price_output_per_mtok, seed=args.seed)
             else:
-                spec = args.local_model or ""
-                if spec.startswith("@"):  # a stage of this run, e.g. @sft
-                    spec = str(Path(args.runs_dir) / args.run / spec[1:])
+                spec = stage_ref(args.local_model or "", Path(args.runs_dir) / args.run)  # e.g. @sft
                 model = T.LocalChat(spec, batch_size=args.generation_batch_size,
                                     backend=args.local_backend, seed=args.seed)
             cache = T.ResponseCache(cache_dir / f"{name}.jsonl")

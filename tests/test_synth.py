@@ -188,8 +188,9 @@ def test_bad_input_names_file_and_line(tmp_path, monkeypatch):
 def test_tiny_recipe_feeds_sft(tmp_path):
     """The tiny recipe (fewer problems): verified rows in the VERIFIED format with n_tokens from the
     student's tokenizer, skipped on rerun, read by SFT through @synth."""
+    from stages.common.checkpoint import stage_ref
     from stages.common.modeling import load_tokenizer
-    from stages.sft import load_sft_rows, resolve_source
+    from stages.sft import load_sft_rows
 
     argv = ["--config", str(REPO / "recipes/tiny/synth.yaml"), "--problems", "arith:train:300",
             "--run", "r", "--runs_dir", str(tmp_path / "runs")]
@@ -201,5 +202,5 @@ def test_tiny_recipe_feeds_sft(tmp_path):
     tok = load_tokenizer(manifest["parent"]["path"])
     assert rows[0]["n_tokens"] == len(tok(rows[0]["completion"], add_special_tokens=False)["input_ids"])
     assert main(argv) == out  # complete: skipped
-    sft_rows = load_sft_rows([resolve_source("@synth", tmp_path / "runs" / "r")], seed=0)
+    sft_rows = load_sft_rows([stage_ref("@synth", tmp_path / "runs" / "r")], seed=0)
     assert len(sft_rows) == 300 and sft_rows[0]["completion"] == rows[0]["completion"]

@@ -131,6 +131,12 @@ class Parent:
         return out
 
 
+def stage_ref(spec: str, run_dir: str | Path) -> str:
+    """``@<stage>`` is that stage's folder in this run (whose ``latest`` is its newest
+    checkpoint); any other spec (a file, folder, hub id or data source) is returned as it is."""
+    return str(Path(run_dir) / spec[1:]) if spec.startswith("@") else spec
+
+
 def resolve_parent(spec: str) -> Parent:
     """Resolve a parent spec: a version folder, a stage folder (its ``latest``), a run folder's
     stage path, a plain local HF model folder, or a hub id. A local folder that looks like a

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from stages.common.checkpoint import Parent, checkpoint_key, open_stage, resolve_parent
+from stages.common.checkpoint import Parent, checkpoint_key, open_stage, resolve_parent, stage_ref
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def materialize_parent(spec: str, run_dir: str | Path, *, is_main: bool = True, 
     ``@<stage>`` is the latest checkpoint of that stage in this run; anything else goes to
     :func:`resolve_parent` (a checkpoint, a local folder or a hub id)."""
     if spec.startswith("@"):
-        return resolve_parent(str(Path(run_dir) / spec[1:]))
+        return resolve_parent(stage_ref(spec, run_dir))
     if spec != TINY:
         return resolve_parent(spec)
     from stages.common import tiny  # noqa: PLC0415
@@ -116,3 +116,15 @@ def peft_config(model_args: Any, task_type: str | None = None):
     if cfg is not None and task_type is not None:
         cfg.task_type = task_type
     return cfg
+
+
+def save_policy(model, tokenizer, out: Path, export_merged: bool = False) -> None:
+    """A trained policy's full weights, or its PEFT adapter (plus merged full weights in
+    ``merged/`` on request), with the tokenizer set for generation (left padding)."""
+    model.save_pretrained(out)
+    tokenizer.padding_side = "left"
+    tokenizer.save_pretrained(out)
+    if export_merged and hasattr(model, "merge_and_unload"):
+        merged = model.merge_and_unload()
+        merged.save_pretrained(out / "merged")
+        tokenizer.save_pretrained(out / "merged")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stages.common.checkpoint import CheckpointError, resolve_parent
+from stages.common.checkpoint import CheckpointError, resolve_parent, stage_ref
 from stages.common.config import ConfigError
 from stages.common.data import DataFormatError, load_problems
 from stages.common.pot import build_messages
@@ -85,11 +85,6 @@ class RLStageArguments(StageArguments):
 
 # ---------------------------------------------------------------------------------------------
 # inputs
-
-
-def resolve_source(src: str, run_dir: Path) -> str:
-    """``@<stage>`` means the latest checkpoint of that stage in this run."""
-    return str(run_dir / src[1:]) if src.startswith("@") else src
 
 
 def resolve_policy(spec: str, run_dir: Path) -> str:
@@ -159,7 +154,7 @@ def resolve_prm(args: RLStageArguments, reward_funcs: list[str], reward_weights:
     spec = args.prm_checkpoint or own.get("prm")
     if spec is None:
         raise ConfigError("reward 'prm_bonus' needs prm_checkpoint (a PRM checkpoint folder or '@prm')")
-    path = resolve_source(str(spec), run_dir)
+    path = stage_ref(str(spec), run_dir)
     try:
         parent = resolve_parent(path)
     except CheckpointError as e:
@@ -311,8 +306,8 @@ def run_rl_stage(stage: str, argv: list[str] | None = None) -> Path | None:
             raise ConfigError("use_vllm is true but vllm is not installed: install the [vllm] extra, or pass "
                               "--use_vllm false")
     # everything is read and checked before anything is written
-    args.train_data = [resolve_source(s, run_dir) for s in args.train_data]
-    args.eval_data = [resolve_source(s, run_dir) for s in args.eval_data if s.lower() != "none"]
+    args.train_data = [stage_ref(s, run_dir) for s in args.train_data]
+    args.eval_data = [stage_ref(s, run_dir) for s in args.eval_data if s.lower() != "none"]
     problems = load_rl_problems(args.train_data, seed=cfg.seed)
     if args.max_train_samples:
         problems = problems[: args.max_train_samples]
@@ -354,7 +349,7 @@ def train(ctx: StageContext, args: RLStageArguments, cfg, model_args, problems: 
     import datasets  # noqa: PLC0415
 
     from rewards.registry import get_reward_funcs  # noqa: PLC0415
-    from stages.common.modeling import load_causal_lm, load_tokenizer, peft_config  # noqa: PLC0415
+    from stages.common.modeling import load_causal_lm, load_tokenizer, peft_config, save_policy  # noqa: PLC0415
 
     cfg.output_dir = str(ctx.trainer_dir)
     cfg.run_name = ctx.run_name
@@ -386,7 +381,7 @@ def train(ctx: StageContext, args: RLStageArguments, cfg, model_args, problems: 
                               "warnings": trainer.zero_spread_warnings, "threshold": args.zero_spread_warn}
     model = trainer.model
     if ctx.is_main:
-        _save_model(model, tokenizer, ctx.work_dir, args.export_merged)
+        save_policy(model, tokenizer, ctx.work_dir, args.export_merged)
     if eval_problems:
         after, details = _evaluate(model, tokenizer, eval_problems, args)
         metrics["eval"] = after
@@ -414,14 +409,3 @@ def _evaluate(model, tokenizer, problems: list[dict], args: RLStageArguments) ->
                                     batch_size=args.eval_batch_size)
     metrics["wall_s"] = time.perf_counter() - t0
     return metrics, details
-
-
-def _save_model(model, tokenizer, out: Path, export_merged: bool) -> None:
-    """Full weights, or the PEFT adapter (plus merged weights in ``merged/`` on request)."""
-    model.save_pretrained(out)
-    tokenizer.padding_side = "left"
-    tokenizer.save_pretrained(out)
-    if export_merged and hasattr(model, "merge_and_unload"):
-        merged = model.merge_and_unload()
-        merged.save_pretrained(out / "merged")
-        tokenizer.save_pretrained(out / "merged")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stages.common.checkpoint import stage_ref
 from stages.common.data import DataFormatError
 from stages.common.steps import split_solution
 from stages.prm_lib import labels as L
@@ -87,9 +88,7 @@ def judge_model(args: Any, run_dir: Path):
     spec = args.judge_model or ""
     if not spec:
         raise T.TeacherError("the local judge needs judge_model (a folder, checkpoint, hub id or @<stage>)")
-    if spec.startswith("@"):
-        spec = str(run_dir / spec[1:])
-    return T.LocalChat(spec, batch_size=args.gen_batch_size, seed=args.seed_judge)
+    return T.LocalChat(stage_ref(spec, run_dir), batch_size=args.gen_batch_size, seed=args.seed_judge)
 
 
 def judge_rows(chat, cache, solutions: Sequence[dict], transform: str) -> tuple[list[dict], int]:
