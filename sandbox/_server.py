@@ -61,6 +61,7 @@ from sandbox._linux import (
 
 TYPE_CHECKING = False  # (not typing.TYPE_CHECKING: the template must stay small, see Runner)
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Any
 
 RUN_UID_BASE = 1_800_000_000  # + the launcher's PID: a uid no account uses, distinct per worker
@@ -87,6 +88,12 @@ def _high_fd(fd: int) -> int:
 
 def _is_under(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _outermost(paths: Iterable[str]) -> list[str]:
+    """The paths not inside another one of them, sorted."""
+    paths = sorted(set(paths))
+    return [p for p in paths if not any(q != p and _is_under(p, q) for q in paths)]
 
 
 # --- namespaces (launcher) -------------------------------------------------------------------
@@ -136,16 +143,28 @@ def setup_mounts(scratch_mb: int, keep: list[str], report: dict[str, Any]) -> No
     every other mount read-only, and a /proc of the new PID namespace."""
     os.umask(0o022)
     _linux.mount(None, "/", None, MS_REC | MS_PRIVATE)
+    # The interpreter may load from under /tmp (a checkout or venv there): hold those folders
+    # open, mount the private /tmp over them, then bind them back from the held descriptors.
+    in_tmp = _outermost(p for p in keep if _is_under(p, "/tmp") and p != "/tmp")
+    held = [(os.open(p, os.O_PATH | os.O_DIRECTORY), p) for p in in_tmp]
     _linux.mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={scratch_mb}m,mode=0755")
     report["private_tmp"] = True
+    for fd, p in held:
+        try:
+            os.makedirs(p, 0o755, exist_ok=True)
+            _linux.mount(f"/proc/self/fd/{fd}", p, None, MS_BIND | MS_REC)
+        except OSError as e:
+            report["notes"].append(f"could not keep {p} visible under the private /tmp: {e}")
+        finally:
+            os.close(fd)
+    report["kept_in_tmp"] = in_tmp
     hidden = []
     stash = "/tmp/.stash"
     os.mkdir(stash)
     for hide in ("/root", "/home"):
         if not os.path.isdir(hide) or os.path.islink(hide):
             continue
-        inner = sorted({p for p in keep if _is_under(p, hide) and p != hide})
-        inner = [p for p in inner if not any(q != p and _is_under(p, q) for q in inner)]
+        inner = _outermost(p for p in keep if _is_under(p, hide) and p != hide)
         staged = []
         try:
             for p in inner:
@@ -459,8 +478,9 @@ class Runner:
 
     def _clear_root(self) -> None:
         """Without a uid of its own or Landlock, a run can write next to its folder too."""
+        kept = self.cfg.get("kept_in_tmp", ())  # read-only binds of the interpreter's paths
         for entry in os.scandir(self.scratch_root):
-            if entry.path != self.scratch:
+            if entry.path != self.scratch and not any(_is_under(k, entry.path) for k in kept):
                 _remove_entry(entry)
 
     # -- the run child --------------------------------------------------------------------
@@ -724,6 +744,8 @@ class Init(Runner):
         if ns["mountns"]:
             try:
                 setup_mounts(cfg["scratch_mb"], cfg["keep_paths"], report)
+                cfg["kept_in_tmp"] = report.get("kept_in_tmp", [])
+                sys.path_importer_cache.clear()  # its folder listings predate the mounts
             except OSError as e:
                 report["notes"].append(f"mount set-up failed: {e}")
         if ns["pidns"] and ns["mountns"]:

@@ -147,6 +147,30 @@ def test_run_many_rejects_non_strings(sb):
         sb.run_many(["print(1)", None])
 
 
+def test_interpreter_paths_under_tmp_stay_visible_and_read_only(monkeypatch):
+    # A checkout or venv under /tmp must survive the runs' private /tmp (it hid sympy from a
+    # fresh clone in /tmp/fresh); the folder is read-only to runs and outlives the pool.
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="mf-keep-", dir="/tmp")
+    os.chmod(folder, 0o755)  # mkdtemp's 0700 would shut out the runs' unprivileged uid
+    try:
+        Path(folder, "mf_probe_mod.py").write_text("VALUE = 41\n")
+        monkeypatch.setenv("PYTHONPATH", folder)
+        with Sandbox(SandboxConfig(workers=1)) as box:
+            ok = box.run("import mf_probe_mod\nprint(mf_probe_mod.VALUE + 1)")
+            assert (ok.status, ok.answer) == ("ok", "42"), ok.stderr
+            write = box.run("import mf_probe_mod\nopen(mf_probe_mod.__file__, 'a').write('x')\nprint('wrote')")
+            assert write.status == "error" and write.answer != "wrote", write.stderr
+            report = box.isolation_report()
+        assert Path(folder, "mf_probe_mod.py").read_text() == "VALUE = 41\n"
+        if report["private_tmp"]:
+            assert folder in report["kept_in_tmp"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_sympy_program_runs_in_the_heavy_template(sb):
     r = sb.run("import sympy as sp\nx = sp.symbols('x')\nprint(sp.solve(2 * x - 10, x)[0])")
     assert r.status == "ok" and r.answer == "5", r.stderr
