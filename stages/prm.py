@@ -45,6 +45,14 @@ class PRMStageArguments(StageArguments):
     mc_rollouts: int = field(default=4, metadata={"help": "k completions per step prefix (Math-Shepherd)."})
     rollout_temperature: float = 1.0
     mc_label: str = field(default="hard", metadata={"help": "Which MC label trains: hard (any correct) or soft."})
+    mc_skip_correct: bool = field(default=False, metadata={
+        "help": "Hard labels only: every prefix of a correct solution is positive (its own continuation is a "
+                "correct completion), so only wrong solutions are rolled out."})
+    perturbed_negatives: int = field(default=0, metadata={
+        "help": "Add up to this many pairs from correct policy samples: the solution and a copy with one step "
+                "made wrong (a number, an operator or a variable changed; kept only when the answer changes)."})
+    max_correct_per_wrong: float | None = field(default=None, metadata={
+        "help": "Keep at most this many correct solutions per wrong one among the labelled solutions."})
     gen_max_new_tokens: int = 128
     gen_batch_size: int = 64
     judge: str = field(default="local", metadata={"help": "openai | local (the synth stage's chat models)."})
@@ -95,6 +103,10 @@ def main(argv: list[str] | None = None) -> Path | None:
                                  ("reweight", args.reweight, ("none", "instance", "domain"))):
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if args.mc_skip_correct and args.mc_label != "hard":
+        raise ConfigError("mc_skip_correct needs mc_label: hard (a soft label needs the rollouts it would skip)")
+    if args.max_correct_per_wrong is not None and args.max_correct_per_wrong < 0:
+        raise ConfigError(f"max_correct_per_wrong must be >= 0, got {args.max_correct_per_wrong}")
     enc = P.encoding_config(args)  # validates label_mode
     if args.class_weights and len(args.class_weights) != enc.num_labels:
         raise ConfigError(f"class_weights needs {enc.num_labels} values for label_mode {args.label_mode}")

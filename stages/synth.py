@@ -91,6 +91,18 @@ class SynthArguments(StageArguments):
     generation_batch_size: int = field(default=16, metadata={"help": "Prompts per generation batch (local)."})
     # verification and output
     sandbox_timeout_s: float = field(default=5.0, metadata={"help": "Wall-clock limit of one program run."})
+    concise_fraction: float = field(default=0.0, metadata={
+        "help": "Share of problems (a seeded draw per problem id) whose programs are rewritten shorter by "
+                "stages.common.pot_style.inline_single_use before verification: the data gets a spread of lengths "
+                "for length-aware RL and concise/verbose pairs for DPO."})
+    concise_mode: str = field(default="literals", metadata={
+        "help": "literals: inline variables bound to a number; all: every single-use variable."})
+    verbose_fraction: float = field(default=0.0, metadata={
+        "help": "Share of problems (an independent seeded draw) whose programs get a comment line before every "
+                "statement or an explanation after it (verbose_mode): the same computation, longer."})
+    verbose_mode: str = field(default="explanation", metadata={
+        "help": "explanation: a comment paragraph after the program (pot_style.add_explanation); comments: a "
+                "comment line before every statement (pot_style.add_step_comments)."})
     normalize_completions: bool = field(default=True, metadata={
         "help": "Keep only the program block of a verified completion (drop the teacher's prose)."})
     # hygiene
@@ -221,11 +233,18 @@ def default_cache_dir(args: SynthArguments) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path | None:
-    from stages.common.config import parse_config  # noqa: PLC0415
+    from stages.common.config import ConfigError, parse_config  # noqa: PLC0415
     from stages.common.hygiene import Decontaminator  # noqa: PLC0415
 
     (args,) = parse_config((SynthArguments,), argv, prog="stages.synth")
     setup_logging()
+    for name in ("concise_fraction", "verbose_fraction"):
+        if not 0.0 <= getattr(args, name) <= 1.0:
+            raise ConfigError(f"{name} must be in [0, 1], got {getattr(args, name)}")
+    if args.verbose_mode not in ("explanation", "comments"):
+        raise ConfigError(f"verbose_mode must be explanation or comments, got {args.verbose_mode!r}")
+    if args.concise_mode not in ("literals", "all"):
+        raise ConfigError(f"concise_mode must be literals or all, got {args.concise_mode!r}")
     problems = load_all_problems(args.problems, args.seed)
     if args.max_problems:
         problems = problems[: args.max_problems]
@@ -344,6 +363,9 @@ def synthesize(ctx: StageContext, args: SynthArguments, problems: list[dict], fe
             stats["rounds"] += 1
             asked.update(p["id"] for p in todo)
             candidates = list(teacher.propose(todo, list(range(rnd * n, (rnd + 1) * n))))
+            if args.concise_fraction > 0 or args.verbose_fraction > 0:
+                for style, count in _rewrite_style(candidates, args).items():
+                    stats[f"rewritten_{style}"] = stats.get(f"rewritten_{style}", 0) + count
             stats["candidates"] += len(candidates)
             runnable = [c for c in candidates if c.completion is not None]
             t1 = time.perf_counter()
@@ -401,6 +423,41 @@ def synthesize(ctx: StageContext, args: SynthArguments, problems: list[dict], fe
     log.info("synth: %d verified programs for %d/%d problems (%.1f%%)", len(rows), solved, len(kept),
              100 * metrics["yield"])
     return ctx.finalize(metrics)
+
+
+def _rewrite_style(candidates: list, args: SynthArguments) -> dict[str, int]:
+    """Rewrite the candidates of the problems drawn for the concise or the verbose style (in
+    place, before verification); the counts. A problem drawn for both gets the concise style."""
+    from stages.common.pot_style import (  # noqa: PLC0415
+        add_explanation,
+        add_step_comments,
+        chosen_for_rewrite,
+        inline_single_use,
+    )
+
+    done = {"concise": 0, "verbose": 0}
+    for c in candidates:
+        if c.completion is None:
+            continue
+        if chosen_for_rewrite(c.problem_id, args.concise_fraction, args.seed):
+            style = "concise"
+        elif chosen_for_rewrite(c.problem_id, args.verbose_fraction, args.seed + 7919):
+            style = "verbose"
+        else:
+            continue
+        program = extract_program(c.completion)
+        if not program:
+            continue
+        if style == "concise":
+            new = inline_single_use(program, literals_only=args.concise_mode == "literals")
+        elif args.verbose_mode == "comments":
+            new = add_step_comments(program)
+        else:
+            new = add_explanation(program, c.problem_id)
+        if new is not None:
+            c.completion = format_completion(new)
+            done[style] += 1
+    return {k: v for k, v in done.items() if (args.concise_fraction if k == "concise" else args.verbose_fraction) > 0}
 
 
 def _metrics(args, problems, kept, removed, rows, solved, rejected, per_teacher, teachers, cache_dir,

@@ -130,6 +130,29 @@ def test_recipe_unknown_key_named_with_line(tmp_path):
         parse_config([_Args], ["--config", str(tmp_path / "missing.yaml")])
 
 
+def test_recipe_base_chain_overrides_key_by_key(tmp_path):
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "s.yaml").write_text("alpha: 3\nname: base\n")
+    (tmp_path / "variant").mkdir()
+    mid = tmp_path / "variant" / "mid.yaml"
+    mid.write_text("base: ../tiny/s.yaml\nalpha: 4\n")
+    top = tmp_path / "variant" / "s.yaml"
+    top.write_text("# a variant\nbase: mid.yaml\nname: top\n")
+    (args,) = parse_config([_Args], ["--config", str(top)])
+    assert (args.alpha, args.name) == (4, "top")
+    (args,) = parse_config([_Args], ["--config", str(top), "--alpha", "9"])  # the CLI still wins
+    assert (args.alpha, args.name) == (9, "top")
+    (tmp_path / "tiny" / "s.yaml").write_text("alpha: 3\nbogus: 1\n")
+    with pytest.raises(ConfigError, match=r"s.yaml: unknown key\(s\) 'bogus' \(line 2\)"):
+        parse_config([_Args], ["--config", str(top)])  # an error in a base names the base file
+    mid.write_text("base: ../tiny/nope.yaml\n")
+    with pytest.raises(ConfigError, match=r"mid.yaml: 'base' \(line 1\) names .*nope.yaml', which does not exist"):
+        parse_config([_Args], ["--config", str(top)])
+    mid.write_text("base: s.yaml\n")
+    with pytest.raises(ConfigError, match="makes a cycle"):
+        parse_config([_Args], ["--config", str(top)])
+
+
 def test_resolved_config_ignores_logging_fields():
     from trl import SFTConfig
 

@@ -41,6 +41,39 @@ def test_mc_labels_hard_and_soft_from_sandboxed_rollouts():
     assert rows[0]["completions"] == steps
 
 
+def test_mc_skip_correct_rolls_out_only_wrong_solutions():
+    items = [L.MCItem("q", "12", ["a = 3", "b = a * 4", "print(b)"], True),
+             L.MCItem("q2", "5", ["x = 2", "y = x", "print(y)"], False)]
+    seen = []
+
+    def rollout(questions, prefixes, k):
+        seen.extend(zip(questions, prefixes, strict=True))
+        return [["print(x + 3)\n```" if p.endswith("x = 2\n") else "print(1)\n```"] * k for p in prefixes]
+
+    rows = L.mc_labels(rollout, items, k=2, skip_correct=True)
+    assert [q for q, _ in seen] == ["q2", "q2"]  # the correct solution costs no rollout
+    assert rows[0]["labels"] == [True, True, True] and rows[0]["soft_labels"] == [1.0, 1.0, 1.0]
+    assert rows[1]["labels"] == [True, False, False] and rows[1]["soft_labels"] == [1.0, 0.0, 0.0]
+
+
+def test_mined_solutions_caps_correct_per_wrong():
+    from stages.prm_lib.pipeline import mined_solutions
+
+    samples = []
+    for pid, n_right in (("a", 8), ("b", 6), ("c", 7)):
+        for j in range(8):
+            samples.append({"id": pid, "completion": f"x = {pid}{j}\nprint(x)", "correct": j < n_right})
+    chosen, stats = mined_solutions(samples, low=0.3, high=0.8, limit=100, max_correct_per_wrong=1.5)
+    wrong = [s for s in chosen if not s["correct"]]
+    assert len(wrong) == 3 and len(chosen) - len(wrong) == 4  # int(1.5 * 3) correct ones
+    assert stats["wrong_samples"] == 3 and stats["samples"] == 24
+    assert chosen[0]["id"] == "b"  # mining order kept: b (6/8 = 0.75) is in the range
+    small, _ = mined_solutions(samples, low=0.3, high=0.8, limit=5, max_correct_per_wrong=1.5)
+    assert len(small) == 5 and sum(not s["correct"] for s in small) == 2  # ceil(5 / 2.5) wrong
+    plain, _ = mined_solutions(samples, low=0.3, high=0.8, limit=100)
+    assert len(plain) == 24
+
+
 def test_he_and_se_transforms():
     assert L.he_rewards([True, False, True], True) == [1.0, -1.0, 1.0]
     assert L.he_rewards([True, True], False) == [-1.0, -1.0]

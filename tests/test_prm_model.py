@@ -66,6 +66,30 @@ def test_one_pass_scores_equal_per_prefix_scores(tiny):
     assert all(0.0 < p < 1.0 for p in full[0])
 
 
+def test_scorer_scores_duplicates_once_and_caches_the_encoding(tiny, monkeypatch):
+    tok, model, path = tiny
+    scorer = PRMScorer(path, model=model, tokenizer=tok, config=EncodingConfig(), batch_size=2)
+    other = "a = 2\nb = a * 5\nprint(b)"
+    problems, solutions = [QUESTION, QUESTION, "Other?", QUESTION], [SOLUTION, SOLUTION, other, other]
+    reference = [PRMScorer(path, model=model, tokenizer=tok, config=EncodingConfig()).score([q], [s])[0]
+                 for q, s in zip(problems, solutions, strict=True)]
+    rows = []
+    forward = model.forward
+
+    def counting(*args, **kwargs):
+        rows.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting)
+    out = scorer.score(problems, solutions)
+    assert sum(rows) == 3  # the repeated (problem, solution) pair is scored once
+    for got, want in zip(out, reference, strict=True):
+        assert got == pytest.approx(want, abs=1e-5)
+    out[0][0] = -1.0  # each caller gets its own list
+    assert out[1][0] != -1.0
+    assert ("prompt", QUESTION) in scorer._cache and ("step", "print(b)") in scorer._cache
+
+
 def test_loss_modes_and_weights():
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 2)

@@ -2,7 +2,8 @@
 
 A stage declares typed dataclasses (its own arguments, the TRL config it wraps and
 ``trl.ModelConfig``); :func:`parse_config` fills them from ``--config recipe.yaml`` and
-``--field value`` overrides. An unknown key in the recipe or on the command line is an error that
+``--field value`` overrides. A recipe may start from another one (``base: ../tiny/sft.yaml``) and
+override some of its keys. An unknown key in the recipe or on the command line is an error that
 names the key, the file and its line. :func:`resolved_config` gives the JSON that goes into the
 manifest and whose hash identifies a build.
 """
@@ -53,7 +54,9 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     parser = TrlParser(list(dataclass_types), prog=prog)
     config_path = Path(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else None
     if config_path is not None:
-        _check_recipe_keys(config_path, dataclass_types)
+        merged, chain = _load_recipe(config_path, dataclass_types, ())
+        if len(chain) > 1:  # TrlParser reads one file: hand it the merged recipe
+            argv[argv.index("--config") + 1] = _write_merged(merged, chain)
     try:
         *parsed, cli_rest = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except ValueError as e:  # a value that does not fit its field, or a config's own validation
@@ -64,7 +67,7 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     return tuple(parsed)
 
 
-def _check_recipe_keys(path: Path, dataclass_types: Sequence[type]) -> None:
+def _check_recipe_keys(path: Path, dataclass_types: Sequence[type]) -> dict:
     import yaml  # noqa: PLC0415
 
     if not path.is_file():
@@ -75,13 +78,47 @@ def _check_recipe_keys(path: Path, dataclass_types: Sequence[type]) -> None:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(recipe, dict):
         raise ConfigError(f"{path}: a recipe must be a YAML mapping of field: value")
-    fields = {f.name for t in dataclass_types for f in dataclasses.fields(t)} | {"env"}
+    fields = {f.name for t in dataclass_types for f in dataclasses.fields(t)} | {"env", "base"}
     unknown = [k for k in recipe if k not in fields]
     if unknown:
         where = ", ".join(f"'{k}' (line {ln})" if (ln := _key_line(path, k)) else f"'{k}'" for k in unknown)
         raise ConfigError(
             f"{path}: unknown key(s) {where}: not a field of {', '.join(t.__name__ for t in dataclass_types)}"
         )
+    return recipe
+
+
+def _load_recipe(path: Path, dataclass_types: Sequence[type], seen: tuple[Path, ...]) -> tuple[dict, tuple[Path, ...]]:
+    """A recipe with its ``base:`` chain resolved: ``base`` names another recipe (relative to this
+    file) whose keys this one overrides, top-level key by key. Returns the merged mapping and the
+    files it came from, this one first."""
+    recipe = dict(_check_recipe_keys(path, dataclass_types))
+    base = recipe.pop("base", None)
+    if base is None:
+        return recipe, (path,)
+    line = _key_line(path, "base")
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: 'base' (line {line}) must be the path of another recipe")
+    base_path = (path.parent / base).resolve()
+    visited = (*seen, path.resolve())
+    if base_path in visited:
+        raise ConfigError(f"{path}: 'base' (line {line}) makes a cycle through {base_path}")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: 'base' (line {line}) names '{base_path}', which does not exist")
+    merged, files = _load_recipe(base_path, dataclass_types, visited)
+    merged.update(recipe)
+    return merged, (path, *files)
+
+
+def _write_merged(merged: dict, chain: tuple[Path, ...]) -> str:
+    import tempfile  # noqa: PLC0415
+
+    import yaml  # noqa: PLC0415
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="recipe-", delete=False) as f:
+        f.write(f"# merged from {' <- '.join(map(str, chain))}\n")
+        yaml.safe_dump(merged, f, sort_keys=False)
+    return f.name
 
 
 def _jsonable(value: Any) -> Any:

@@ -365,6 +365,9 @@ def train(ctx: StageContext, args: RLStageArguments, cfg, model_args, problems: 
         log.info("parent pass@1: %.1f%% (mean %.1f completion tokens)", 100 * before["pass@1"],
                  before["mean_completion_tokens"])
     funcs = get_reward_funcs(names, **options, tokenizer=tokenizer)
+    for f in funcs:
+        if hasattr(f, "scorer"):
+            _ = f.scorer  # load the PRM now: set-up, not the first step's reward time
     dataset = datasets.Dataset.from_list(to_grpo_rows(problems))
     trainer = _timed_grpo_trainer_class()(
         model=model, reward_funcs=funcs, args=cfg, train_dataset=dataset, processing_class=tokenizer,

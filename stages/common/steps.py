@@ -13,8 +13,9 @@ from stages.common.pot import extract_program
 
 
 def split_program(code: str) -> list[str]:
-    """Top-level statements of a program, each with its own source lines (comments and blank
-    lines after a statement stay with it). Code that does not parse falls back to lines."""
+    """Top-level statements of a program, each with its own source lines: the comment lines
+    right above a statement go with it, other comments and blank lines stay with the statement
+    before them. Code that does not parse falls back to lines."""
     lines = code.splitlines()
     try:
         tree = ast.parse(code)
@@ -25,10 +26,16 @@ def split_program(code: str) -> list[str]:
     def first_line(node: ast.stmt) -> int:  # decorators belong to the statement they decorate
         return min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1
 
+    def block_start(node: ast.stmt) -> int:  # the comment lines right above a statement describe it
+        k = first_line(node)
+        while k > 0 and lines[k - 1].lstrip().startswith("#"):
+            k -= 1
+        return k
+
     steps = []
     start = 0
     for i in range(len(tree.body)):
-        end = first_line(tree.body[i + 1]) if i + 1 < len(tree.body) else len(lines)
+        end = max(block_start(tree.body[i + 1]), first_line(tree.body[i]) + 1) if i + 1 < len(tree.body) else len(lines)
         chunk = "\n".join(lines[start:end]).strip("\n")
         if chunk.strip():
             steps.append(chunk)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -80,14 +81,20 @@ def policy_rollout(model, tokenizer, *, max_new_tokens: int = 128, temperature: 
     return run
 
 
-def mc_labels(rollout: Rollout, items: Sequence[MCItem], *, k: int = 4) -> list[dict]:
+def mc_labels(rollout: Rollout, items: Sequence[MCItem], *, k: int = 4, skip_correct: bool = False) -> list[dict]:
     """Math-Shepherd labels: for steps 1..n-1, ``k`` rollouts from the prefix ending at that step
     (all prefixes in one batched call); the last step takes the solution's own correctness.
     Returns stepwise rows with ``labels`` (hard: any rollout correct) and ``soft_labels``
-    (fraction correct)."""
+    (fraction correct).
+
+    ``skip_correct``: every prefix of a correct solution has a correct completion (the rest of
+    that solution), so its hard labels are all positive without a rollout; only the soft label
+    needs them. With it, such prefixes get hard label True and soft label 1.0 (use it with hard
+    labels only), and the rollout budget goes to the wrong solutions, where the labels are
+    informative."""
     from rewards import score_pot  # noqa: PLC0415
 
-    jobs = [(n, i) for n, it in enumerate(items) for i in range(1, len(it.steps))]
+    jobs = [(n, i) for n, it in enumerate(items) if not (skip_correct and it.correct) for i in range(1, len(it.steps))]
     prefixes = [prefix_completion(items[n].steps[:i]) for n, i in jobs]
     outs = rollout([items[n].question for n, _ in jobs], prefixes, k) if jobs else []
     texts = [p + c for p, cs in zip(prefixes, outs, strict=True) for c in cs]
@@ -98,7 +105,7 @@ def mc_labels(rollout: Rollout, items: Sequence[MCItem], *, k: int = 4) -> list[
         frac[(n, i)] = sum(bool(s.correct) for s in scores[j * k : (j + 1) * k]) / k
     rows = []
     for n, it in enumerate(items):
-        soft = [frac[(n, i)] for i in range(1, len(it.steps))] + [1.0 if it.correct else 0.0]
+        soft = [frac.get((n, i), 1.0) for i in range(1, len(it.steps))] + [1.0 if it.correct else 0.0]
         rows.append({"prompt": it.question, "completions": list(it.steps), "labels": [s > 0 for s in soft],
                      "soft_labels": soft})
     return rows
@@ -283,3 +290,62 @@ def solution_steps(completion: str) -> list[str]:
 
 def reference_completion(program: str) -> str:
     return format_completion(program)
+
+
+# ---------------------------------------------------------------------------------------------
+# Perturbed negatives
+
+
+_PERTURB_KINDS = ("number", "operator", "name")
+_OP_SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.FloorDiv: ast.Mult,
+             ast.Div: ast.Mult, ast.Mod: ast.FloorDiv}
+
+
+def perturb_solution(steps: Sequence[str], rng) -> tuple[list[str], int] | None:
+    """A copy of a solution's steps with one step made wrong (a number changed, an operator
+    swapped or a variable replaced by another one in scope) and the index of that step; None when
+    no step can be changed. Callers keep a copy only when it executes to a different answer: then
+    every step from the changed one on is labelled wrong, the steps before it right (the first
+    error is known without rollouts)."""
+    candidates = []
+    for i, step in enumerate(steps):
+        try:
+            tree = ast.parse(step)
+        except SyntaxError:
+            continue
+        if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assign | ast.Expr | ast.Assert):
+            continue
+        stmt = tree.body[0]
+        value = stmt.value if isinstance(stmt, ast.Assign | ast.Expr) else stmt.test
+        nums = [n for n in ast.walk(value) if isinstance(n, ast.Constant) and type(n.value) is int]
+        ops = [n for n in ast.walk(value) if isinstance(n, ast.BinOp) and type(n.op) in _OP_SWAPS]
+        names = [n for n in ast.walk(value) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)
+                 and n.id not in ("print", "int", "round", "abs")]
+        if nums:
+            candidates.append((i, "number", tree, nums))
+        if ops:
+            candidates.append((i, "operator", tree, ops))
+        if names:
+            candidates.append((i, "name", tree, names))
+    if not candidates:
+        return None
+    i, kind, tree, nodes = candidates[rng.randrange(len(candidates))]
+    node = nodes[rng.randrange(len(nodes))]
+    if kind == "number":
+        v = node.value
+        node.value = max(0, v + rng.choice([-3, -2, -1, 1, 2, 3, 10])) if rng.random() < 0.6 else rng.randint(2, 99)
+        if node.value == v:
+            node.value = v + 1
+    elif kind == "operator":
+        node.op = _OP_SWAPS[type(node.op)]()
+    else:
+        scope = set()
+        for earlier in steps[:i]:
+            scope.update(re.findall(r"^([A-Za-z_]\w*)\s*=", earlier))
+        scope.discard(node.id)
+        if not scope:
+            return None
+        node.id = rng.choice(sorted(scope))
+    out = list(steps)
+    out[i] = ast.unparse(tree)
+    return (out, i) if out[i] != steps[i] else None

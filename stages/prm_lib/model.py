@@ -64,24 +64,42 @@ def prompt_text(tokenizer, question: str, cfg: EncodingConfig) -> str:
 
 
 def encode_solution(tokenizer, question: str, steps: list[str], cfg: EncodingConfig,
-                    *, truncate: bool = True) -> tuple[list[int], list[int]]:
+                    *, truncate: bool = True, cache: dict | None = None) -> tuple[list[int], list[int]]:
     """(input ids, position of each step's prediction token). Each piece is tokenised on its own
     so that step boundaries are exact; steps that do not fit in ``max_length`` are dropped when
-    ``truncate`` (training), kept otherwise (scoring, where every step needs a score)."""
+    ``truncate`` (training), kept otherwise (scoring, where every step needs a score).
+
+    ``cache``: a dict the caller keeps for one tokenizer and config; the prompt and each step
+    piece are tokenised once (the samples of a GRPO group share their prompt and most steps)."""
     chat = cfg.chat_template and getattr(tokenizer, "chat_template", None)
-    ids: list[int] = list(tokenizer(prompt_text(tokenizer, question, cfg), add_special_tokens=not chat)["input_ids"])
-    if not chat and tokenizer.sep_token_id is not None and ids and ids[-1] == tokenizer.sep_token_id:
-        ids = ids[:-1]  # an encoder's [SEP] ends the whole input, not the prompt
+    key = ("prompt", question)
+    ids = cache.get(key) if cache is not None else None
+    if ids is None:
+        ids = list(tokenizer(prompt_text(tokenizer, question, cfg), add_special_tokens=not chat)["input_ids"])
+        if not chat and tokenizer.sep_token_id is not None and ids and ids[-1] == tokenizer.sep_token_id:
+            ids = ids[:-1]  # an encoder's [SEP] ends the whole input, not the prompt
+        if cache is not None:
+            cache[key] = ids
+    ids = list(ids)
     positions: list[int] = []
     for step in steps:
-        piece = tokenizer(step + cfg.step_separator, add_special_tokens=False)["input_ids"]
-        if not piece:
-            piece = tokenizer(cfg.step_separator or " ", add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
+        piece = cache.get(("step", step)) if cache is not None else None
+        if piece is None:
+            piece = _step_piece(tokenizer, step, cfg)
+            if cache is not None:
+                cache[("step", step)] = piece
         if truncate and len(ids) + len(piece) > cfg.max_length:
             break
         ids += piece
         positions.append(len(ids) - 1)
     return ids, positions
+
+
+def _step_piece(tokenizer, step: str, cfg: EncodingConfig) -> list[int]:
+    piece = tokenizer(step + cfg.step_separator, add_special_tokens=False)["input_ids"]
+    if not piece:
+        piece = tokenizer(cfg.step_separator or " ", add_special_tokens=False)["input_ids"] or [tokenizer.unk_token_id]
+    return piece
 
 
 def step_target(label: Any, mode: str, *, hard_threshold: float = 0.5, neutral_as: bool = True) -> float:

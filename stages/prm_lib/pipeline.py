@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -45,35 +46,89 @@ def domain_of(problem: dict) -> str:
     return str(problem["id"]).split("-")[0]
 
 
-def mined_solutions(samples: list[dict], *, low: float, high: float, limit: int) -> tuple[list[dict], dict]:
-    """Distinct solutions with steps, from problems ordered by mistake mining, at most ``limit``."""
+def mined_solutions(samples: list[dict], *, low: float, high: float, limit: int,
+                    max_correct_per_wrong: float | None = None) -> tuple[list[dict], dict]:
+    """Distinct solutions with steps, from problems ordered by mistake mining, at most ``limit``.
+
+    ``max_correct_per_wrong``: keep at most this many correct solutions per wrong one (in mining
+    order). A policy that is right 90% of the time otherwise fills the budget with solutions
+    whose every step is positive, and the classifier sees too few errors to learn them."""
     rates = L.solve_rates([s["id"] for s in samples], [s["correct"] for s in samples])
     order = L.mine_mistakes(rates, low, high)
     by_id: dict[str, list[dict]] = {}
     for s in samples:
         by_id.setdefault(s["id"], []).append(s)
-    chosen: list[dict] = []
+    ranked: list[dict] = []
     for pid in order:
         seen = set()
         for s in by_id[pid]:
             if s["completion"] in seen or not split_solution(s["completion"]):
                 continue
             seen.add(s["completion"])
-            chosen.append(s)
-        if len(chosen) >= limit:
-            break
+            ranked.append(s)
+    if max_correct_per_wrong is not None:
+        wrong = [s for s in ranked if not s["correct"]]
+        right = [s for s in ranked if s["correct"]]
+        n_wrong = min(len(wrong), limit)
+        n_right = min(len(right), int(max_correct_per_wrong * n_wrong))
+        if n_wrong + n_right > limit:
+            n_wrong = min(len(wrong), math.ceil(limit / (1 + max_correct_per_wrong)))
+            n_right = min(len(right), limit - n_wrong)
+        keep = {id(s) for s in wrong[:n_wrong]} | {id(s) for s in right[:n_right]}
+        ranked = [s for s in ranked if id(s) in keep]
+    chosen = ranked[:limit]
     in_range = sum(low <= r <= high for r in rates.values())
-    return chosen[:limit], {"problems": len(rates), "problems_in_mining_range": in_range,
-                            "mean_solve_rate": sum(rates.values()) / len(rates) if rates else 0.0}
+    return chosen, {"problems": len(rates), "problems_in_mining_range": in_range,
+                    "mean_solve_rate": sum(rates.values()) / len(rates) if rates else 0.0,
+                    "samples": len(samples), "wrong_samples": sum(not s["correct"] for s in samples)}
 
 
 def mc_rows(policy, tokenizer, solutions: Sequence[dict], args: Any, seed: int) -> list[dict]:
     items = [L.MCItem(s["question"], s["answer"], split_solution(s["completion"]), s["correct"]) for s in solutions]
     rollout = L.policy_rollout(policy, tokenizer, max_new_tokens=args.gen_max_new_tokens,
                                temperature=args.rollout_temperature, batch_size=args.gen_batch_size, seed=seed)
-    rows = L.mc_labels(rollout, items, k=args.mc_rollouts)
+    rows = L.mc_labels(rollout, items, k=args.mc_rollouts, skip_correct=args.mc_skip_correct)
     for r, s in zip(rows, solutions, strict=True):
         r["id"], r["solution_correct"], r["domain"] = s["id"], s["correct"], s.get("domain", "default")
+    return rows
+
+
+def perturbed_rows(samples: Sequence[dict], limit: int, seed: int, exclude: Sequence[dict] = ()) -> list[dict]:
+    """Up to ``limit`` pairs from distinct correct samples: the solution itself (every step right)
+    and a copy with one step made wrong (``labels.perturb_solution``) that the sandbox shows to
+    give a different answer (that step and the rest wrong). MC rollouts find few errors when the
+    policy is usually right; a pair shows the classifier one error next to the same solution
+    without it, at no rollout cost. ``exclude``: solutions already labelled otherwise."""
+    from rewards import score_pot  # noqa: PLC0415
+
+    rng = random.Random(seed)
+    taken = {(s["id"], s["completion"]) for s in exclude}
+    pool, seen = [], set()
+    for s in samples:
+        key = (s["id"], s["completion"])
+        if s["correct"] and key not in taken and key not in seen:
+            seen.add(key)
+            pool.append(s)
+    rng.shuffle(pool)
+    made = []
+    for s in pool:
+        if len(made) >= 2 * limit:  # some perturbations keep the answer; draw spares
+            break
+        steps = split_solution(s["completion"])
+        changed = L.perturb_solution(steps, rng) if steps else None
+        if changed is not None:
+            made.append((s, steps, *changed))
+    texts = [L.prefix_completion(bad) + "```" for _, _, bad, _ in made]
+    scores = score_pot(texts, [s["answer"] for s, *_ in made]) if made else []
+    rows: list[dict] = []
+    for (s, steps, bad, first), score in zip(made, scores, strict=True):
+        if score.correct or len(rows) >= 2 * limit:
+            continue
+        common = {"prompt": s["question"], "id": s["id"], "domain": s.get("domain", "default"), "perturbed": True}
+        rows.append({**common, "completions": list(steps), "labels": [True] * len(steps),
+                     "soft_labels": [1.0] * len(steps), "solution_correct": True})
+        rows.append({**common, "completions": bad, "labels": [j < first for j in range(len(bad))],
+                     "soft_labels": [1.0 if j < first else 0.0 for j in range(len(bad))], "solution_correct": False})
     return rows
 
 

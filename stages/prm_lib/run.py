@@ -31,7 +31,8 @@ def make_labels(ctx, args, seed: int, policy, policy_tok, imported: list[dict], 
                                              max_new_tokens=args.gen_max_new_tokens,
                                              batch_size=args.gen_batch_size, seed=seed)
         chosen, mining = P.mined_solutions(samples, low=args.mining_low, high=args.mining_high,
-                                           limit=args.max_label_solutions)
+                                           limit=args.max_label_solutions,
+                                           max_correct_per_wrong=args.max_correct_per_wrong)
         with P.timed("label_s", timings):
             rows, failed = P.judge_rows(chat, cache, chosen, args.judge_transform)
         metrics["labels"] = {**mining, "solutions": len(chosen), "judge_failed": failed,
@@ -42,14 +43,21 @@ def make_labels(ctx, args, seed: int, policy, policy_tok, imported: list[dict], 
                                      temperature=args.sample_temperature, max_new_tokens=args.gen_max_new_tokens,
                                      batch_size=args.gen_batch_size, seed=seed)
     chosen, mining = P.mined_solutions(samples, low=args.mining_low, high=args.mining_high,
-                                       limit=args.max_label_solutions)
+                                       limit=args.max_label_solutions,
+                                           max_correct_per_wrong=args.max_correct_per_wrong)
     with P.timed("label_s", timings):
         rows = P.mc_rows(policy, policy_tok, chosen, args, seed)
+    if args.perturbed_negatives:
+        with P.timed("perturb_s", timings):
+            extra = P.perturbed_rows(samples, args.perturbed_negatives, seed, exclude=chosen)
+        metrics["perturbed_pairs"] = len(extra) // 2
+        rows += extra
     if args.mc_label == "soft":
         for r in rows:
             r["hard_labels"], r["labels"] = r["labels"], r["soft_labels"]
     steps = [x for r in rows for x in r["soft_labels"]]
     metrics["labels"] = {**mining, "solutions": len(rows), "steps": len(steps),
+                         "perturbed_solutions": sum(bool(r.get("perturbed")) for r in rows),
                          "solution_accuracy": sum(r["solution_correct"] for r in rows) / len(rows) if rows else 0.0,
                          "hard_positive_rate": sum(x > 0 for x in steps) / len(steps) if steps else 0.0,
                          "mean_soft_label": sum(steps) / len(steps) if steps else 0.0}
@@ -77,6 +85,7 @@ def run_stage(ctx, args, cfg, model_args, enc: EncodingConfig, imported: list[di
         raise ValueError("no labelled solutions: the policy wrote no program with steps (is it trained?)")
     ctx.write_jsonl("labels.jsonl", rows)
     train_rows, eval_rows = P.split_rows(rows, args.eval_fraction, seed)
+    eval_rows = [r for r in eval_rows if not r.get("perturbed")]  # step metrics: the policy's own solutions
 
     tokenizer = load_tokenizer(ctx.parent.path, padding_side="right")
     model = load_token_classifier(ctx.parent.path, enc.num_labels, model_args)

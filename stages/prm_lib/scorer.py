@@ -31,7 +31,9 @@ class PRMScorer:
     """Load a PRM checkpoint (a ``stages.prm`` output folder, ``latest`` or ``vN``) and score
     solutions: ``score(problems, solutions) -> list[list[float]]``, one probability per step."""
 
-    def __init__(self, checkpoint: str | Path, *, batch_size: int = 16, device: str | None = None, model=None,
+    CACHE_ENTRIES = 100_000
+
+    def __init__(self, checkpoint: str | Path, *, batch_size: int = 64, device: str | None = None, model=None,
                  tokenizer=None, config: EncodingConfig | None = None):
         import torch  # noqa: PLC0415
 
@@ -49,6 +51,7 @@ class PRMScorer:
             self.model.to(self.device)
         self.model.eval()
         self.batch_size = batch_size
+        self._cache: dict = {}  # tokenised prompts and step pieces (encode_solution's cache)
 
     def score_steps(self, problems: Sequence[str], steps: Sequence[list[str]]) -> list[list[float]]:
         """Scores of already-split steps (what training sees)."""
@@ -56,7 +59,14 @@ class PRMScorer:
 
         if len(problems) != len(steps):
             raise ValueError(f"PRMScorer: {len(problems)} problems for {len(steps)} solutions")
-        encoded = [encode_solution(self.tokenizer, q, s, self.config, truncate=False) for q, s in zip(problems, steps, strict=True)]
+        # The samples of a group are often identical (a confident policy): score each distinct
+        # (problem, steps) pair once.
+        slot: dict[tuple[str, tuple[str, ...]], int] = {}
+        where = [slot.setdefault((q, tuple(s)), len(slot)) for q, s in zip(problems, steps, strict=True)]
+        if len(self._cache) > self.CACHE_ENTRIES:
+            self._cache.clear()
+        encoded = [encode_solution(self.tokenizer, q, list(s), self.config, truncate=False, cache=self._cache)
+                   for q, s in slot]
         out: list[list[float]] = [[] for _ in encoded]
         order = sorted((i for i in range(len(encoded)) if encoded[i][1]), key=lambda i: len(encoded[i][0]))
         pad = self.tokenizer.pad_token_id or 0
@@ -68,8 +78,8 @@ class PRMScorer:
                 logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
                 probs = step_probabilities(logits, self.config.label_mode).cpu()
                 for row, i in enumerate(batch):
-                    out[i] = [float(probs[row, p]) for p in encoded[i][1]]
-        return out
+                    out[i] = probs[row, encoded[i][1]].tolist()
+        return [list(out[j]) for j in where]
 
     def score(self, problems: Sequence[str], solutions: Sequence[str]) -> list[list[float]]:
         """Per-step P(correct) of each solution; a solution without steps gets ``[]``."""

@@ -1,0 +1,125 @@
+"""PoT style rewrites (stages.common.pot_style) and the synth stage's concise_fraction."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+from stages.common.arith import generate_problems
+from stages.common.pot_style import add_step_comments, chosen_for_rewrite, inline_single_use
+
+
+def _run(program: str) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(program, "<p>", "exec"), {})  # trusted: the arithmetic task's own programs
+    return out.getvalue()
+
+
+def test_inlining_keeps_the_answer_and_shortens_arith_programs():
+    problems = generate_problems(200, split="train", seed=5)
+    for mode in (True, False):
+        rewritten = 0
+        for p in problems:
+            short = inline_single_use(p["program"], literals_only=mode)
+            if short is None:  # every variable is read twice (e.g. a divisibility assert)
+                continue
+            rewritten += 1
+            assert _run(short).strip() == p["answer"], (p["program"], short)
+            assert len(short) < len(p["program"])
+        assert rewritten > 0.8 * len(problems)
+
+
+def test_literals_mode_keeps_computed_variables():
+    program = "cards = 39\nwon = 16\ncards = cards + won\nmore = 18\nfriend = cards + more\nprint(friend)\n"
+    assert inline_single_use(program, literals_only=True) == (
+        "cards = 39 + 16\nfriend = cards + 18\nprint(friend)\n")
+    assert inline_single_use(program) == "print(39 + 16 + 18)\n"
+
+
+def test_variables_read_twice_or_rebound_stay():
+    twice = "x = 4\ny = x * x\nprint(y)\n"
+    assert inline_single_use(twice) == "x = 4\nprint(x * x)\n"
+    # inlining a = b into the print would read the rebound b
+    assert inline_single_use("b = 2\na = b + 1\nb = b * 10\nprint(a, b)\n") is None
+    rebound = "b = 2\nc = b * 3\na = b + 1\nb = 10\nprint(a, b, c)\n"
+    # b = 10 goes into the print first; then nothing rebinds b between c, a and their use
+    assert inline_single_use(rebound) == "b = 2\nprint(b + 1, 10, b * 3)\n"
+    assert _run(inline_single_use(rebound)) == _run(rebound)
+    precedence = "a = 2 + 3\nprint(a * 4)\n"
+    assert inline_single_use(precedence) == "print((2 + 3) * 4)\n"
+
+
+def test_control_flow_and_bad_code_are_left_alone():
+    assert inline_single_use("for i in range(3):\n    x = i\nprint(x)\n") is None
+    assert inline_single_use("def f():\n    return 1\nprint(f())\n") is None
+    assert inline_single_use("print(1 +)") is None
+    assert inline_single_use("print(3)\n") is None  # nothing to inline
+
+
+def test_rewrite_draw_is_stable_and_near_the_fraction():
+    ids = [f"p{i}" for i in range(4000)]
+    picked = [chosen_for_rewrite(i, 0.3, seed=0) for i in ids]
+    assert picked == [chosen_for_rewrite(i, 0.3, seed=0) for i in ids]
+    assert 0.27 < sum(picked) / len(ids) < 0.33
+    assert picked != [chosen_for_rewrite(i, 0.3, seed=1) for i in ids]
+    assert not any(chosen_for_rewrite(i, 0.0) for i in ids[:100])
+    assert all(chosen_for_rewrite(i, 1.0) for i in ids[:100])
+
+
+def test_synth_concise_fraction_rewrites_and_verifies(tmp_path):
+    from stages.common.data import read_jsonl
+    from stages.synth import main
+
+    def run(name: str, **fractions):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(json.dumps({"problems": ["arith:train:200"], "teachers": ["reference"], "decontaminate": [],
+                                   "seed": 0, **fractions}))
+        out = main(["--config", str(cfg), "--run", name, "--runs_dir", str(tmp_path / "runs")])
+        return read_jsonl(out / "verified.jsonl", "verified"), json.loads((out / "metrics.json").read_text())
+
+    plain, _ = run("plain")
+    mixed, metrics = run("mixed", concise_fraction=0.5)
+    assert len(mixed) == len(plain) == 200  # every rewrite still verifies
+    changed = [m for p, m in zip(plain, mixed, strict=True) if p["completion"] != m["completion"]]
+    assert metrics["teachers"]["reference"]["rewritten_concise"] == len(changed)
+    assert 0.35 < len(changed) / 200 < 0.65
+    assert all(chosen_for_rewrite(m["id"], 0.5, 0) for m in changed)
+    assert sum(m["n_tokens"] for m in mixed) < 0.9 * sum(p["n_tokens"] for p in plain)
+
+    verbose, vmetrics = run("verbose", verbose_fraction=0.5)
+    longer = [v for p, v in zip(plain, verbose, strict=True) if p["completion"] != v["completion"]]
+    assert vmetrics["teachers"]["reference"]["rewritten_verbose"] == len(longer)
+    assert "rewritten_concise" not in vmetrics["teachers"]["reference"]
+    assert 0.35 < len(longer) / 200 < 0.65
+    assert all(v["completion"].splitlines()[-2].startswith("# ") for v in longer)  # the explanation, then the fence
+    assert sum(v["n_tokens"] for v in verbose) > 1.2 * sum(p["n_tokens"] for p in plain)
+
+
+def test_comments_go_with_the_statement_they_describe():
+    from stages.common.steps import split_solution
+
+    program = generate_problems(1, split="train", seed=3)[0]["program"]
+    verbose = add_step_comments(program)
+    assert _run(verbose) == _run(program)
+    steps = split_solution(f"```python\n{verbose}```")
+    plain = split_solution(f"```python\n{program}\n```")
+    assert len(steps) == len(plain)
+    for step, code in zip(steps, plain, strict=True):
+        comment, _, rest = step.partition("\n")
+        assert comment.startswith("# ") and rest == code
+    assert split_solution("```python\nx = 1  # one\n\n# then\ny = x\n# trailing\n```") == [
+        "x = 1  # one", "# then\ny = x\n# trailing"]
+
+
+def test_explanation_follows_the_program_and_changes_no_output():
+    from stages.common.pot_style import EXPLANATIONS, add_explanation
+
+    program = generate_problems(1, split="train", seed=4)[0]["program"]
+    verbose = add_explanation(program, "id-1")
+    assert verbose.startswith(program.rstrip("\n") + "\n# ") and _run(verbose) == _run(program)
+    assert add_explanation(program, "id-1") == verbose  # the template is a function of the key
+    used = {add_explanation(program, f"id-{i}").splitlines()[-1] for i in range(30)}
+    assert used == {f"# {t[0]}" for t in EXPLANATIONS}
+    assert add_explanation("print(1 +)", "x") is None
