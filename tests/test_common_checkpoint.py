@@ -138,8 +138,13 @@ def test_recipe_base_chain_overrides_key_by_key(tmp_path):
     mid.write_text("base: ../tiny/s.yaml\nalpha: 4\n")
     top = tmp_path / "variant" / "s.yaml"
     top.write_text("# a variant\nbase: mid.yaml\nname: top\n")
+    import tempfile
+    from pathlib import Path
+
+    before = set(Path(tempfile.gettempdir()).glob("recipe-*.yaml"))
     (args,) = parse_config([_Args], ["--config", str(top)])
     assert (args.alpha, args.name) == (4, "top")
+    assert set(Path(tempfile.gettempdir()).glob("recipe-*.yaml")) == before  # the merged file is removed
     (args,) = parse_config([_Args], ["--config", str(top), "--alpha", "9"])  # the CLI still wins
     assert (args.alpha, args.name) == (9, "top")
     (tmp_path / "tiny" / "s.yaml").write_text("alpha: 3\nbogus: 1\n")

@@ -53,15 +53,20 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = TrlParser(list(dataclass_types), prog=prog)
     config_path = Path(argv[argv.index("--config") + 1]) if "--config" in argv[:-1] else None
+    merged_file = None
     if config_path is not None:
         merged, chain = _load_recipe(config_path, dataclass_types, ())
         if len(chain) > 1:  # TrlParser reads one file: hand it the merged recipe
-            argv[argv.index("--config") + 1] = _write_merged(merged, chain)
+            merged_file = _write_merged(merged, chain)
+            argv[argv.index("--config") + 1] = merged_file
     try:
         *parsed, cli_rest = parser.parse_args_and_config(argv, return_remaining_strings=True)
     except ValueError as e:  # a value that does not fit its field, or a config's own validation
         where = f"{config_path}: " if config_path else ""
         raise ConfigError(f"{where}{e}") from e
+    finally:
+        if merged_file is not None:
+            Path(merged_file).unlink(missing_ok=True)
     if cli_rest:
         raise ConfigError(f"unknown command-line argument(s): {' '.join(cli_rest)}")
     return tuple(parsed)
