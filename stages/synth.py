@@ -101,7 +101,7 @@ class SynthArguments(StageArguments):
         "help": "Share of problems (an independent seeded draw) whose programs get a comment line before every "
                 "statement or an explanation after it (verbose_mode): the same computation, longer."})
     verbose_mode: str = field(default="explanation", metadata={
-        "help": "explanation: a comment paragraph after the program (pot_style.add_explanation); comments: a "
+        "help": "explanation: a comment line after the program (pot_style.add_explanation); comments: a "
                 "comment line before every statement (pot_style.add_step_comments)."})
     normalize_completions: bool = field(default=True, metadata={
         "help": "Keep only the program block of a verified completion (drop the teacher's prose)."})
@@ -435,7 +435,8 @@ def _rewrite_style(candidates: list, args: SynthArguments) -> dict[str, int]:
         inline_single_use,
     )
 
-    done = {"concise": 0, "verbose": 0}
+    done = {style: 0 for style, share in (("concise", args.concise_fraction), ("verbose", args.verbose_fraction))
+            if share > 0}
     for c in candidates:
         if c.completion is None:
             continue
@@ -457,7 +458,7 @@ def _rewrite_style(candidates: list, args: SynthArguments) -> dict[str, int]:
         if new is not None:
             c.completion = format_completion(new)
             done[style] += 1
-    return {k: v for k, v in done.items() if (args.concise_fraction if k == "concise" else args.verbose_fraction) > 0}
+    return done
 
 
 def _metrics(args, problems, kept, removed, rows, solved, rejected, per_teacher, teachers, cache_dir,

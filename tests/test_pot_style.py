@@ -111,6 +111,9 @@ def test_comments_go_with_the_statement_they_describe():
         assert comment.startswith("# ") and rest == code
     assert split_solution("```python\nx = 1  # one\n\n# then\ny = x\n# trailing\n```") == [
         "x = 1  # one", "# then\ny = x\n# trailing"]
+    # a string line that starts with '#' belongs to its statement, not to the next one
+    assert split_solution("```python\nx = '''a\n# not a comment'''\ny = 1\n```") == [
+        "x = '''a\n# not a comment'''", "y = 1"]
 
 
 def test_explanation_follows_the_program_and_changes_no_output():
@@ -121,5 +124,5 @@ def test_explanation_follows_the_program_and_changes_no_output():
     assert verbose.startswith(program.rstrip("\n") + "\n# ") and _run(verbose) == _run(program)
     assert add_explanation(program, "id-1") == verbose  # the template is a function of the key
     used = {add_explanation(program, f"id-{i}").splitlines()[-1] for i in range(30)}
-    assert used == {f"# {t[0]}" for t in EXPLANATIONS}
+    assert used == {f"# {t}" for t in EXPLANATIONS}
     assert add_explanation("print(1 +)", "x") is None

@@ -7,10 +7,10 @@ one computation, which a length-aware RL stage can then move along and a DPO sta
 (concise chosen, verbose rejected). A rewrite is verified in the sandbox like any other program.
 
 ``add_step_comments`` writes a comment line before every statement and ``add_explanation`` a
-comment paragraph after the program (two verbose styles of many teachers); the synth stage's
+comment line after the program (two verbose styles of many teachers); the synth stage's
 ``verbose_fraction`` uses them. The tiny recipe gets its spread of lengths from the explanation:
 the 0.4M-parameter model learns the inlined style and per-step comments badly when half its
-data has them (75.8% and 28.2% greedy pass@1 against 97.6%, same steps), while a paragraph after
+data has them (28.2% and 75.8% greedy pass@1 against 97.6%, same steps), while a comment after
 the last statement leaves the computation it learns untouched.
 
 Only straight-line, top-level code is inlined: a program with a loop, a function, a ``global``,
@@ -27,6 +27,13 @@ _SIMPLE = (ast.Assign, ast.Expr, ast.Assert, ast.Import, ast.ImportFrom)
 
 def _reads(node: ast.AST, name: str) -> int:
     return sum(isinstance(n, ast.Name) and n.id == name and isinstance(n.ctx, ast.Load) for n in ast.walk(node))
+
+
+def _assigned_name(stmt: ast.stmt) -> str | None:
+    """The name of ``name = value``; None for any other statement."""
+    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+        return stmt.targets[0].id
+    return None
 
 
 def _assigns(stmt: ast.stmt, name: str) -> bool:
@@ -46,9 +53,9 @@ class _Substitute(ast.NodeTransformer):
 def _inline_once(body: list[ast.stmt], literals_only: bool) -> bool:
     """Inline one variable in place; False when none can be."""
     for i, stmt in enumerate(body):
-        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name)):
+        name = _assigned_name(stmt)
+        if name is None:
             continue
-        name = stmt.targets[0].id
         if literals_only and not (isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, int | float)):
             continue
         if _reads(stmt.value, name):
@@ -94,8 +101,9 @@ def inline_single_use(program: str, *, literals_only: bool = False) -> str | Non
 
 
 def _comment(stmt: ast.stmt) -> str:
-    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-        name = stmt.targets[0].id.replace("_", " ")
+    name = _assigned_name(stmt)
+    if name is not None:
+        name = name.replace("_", " ")
         if isinstance(stmt.value, ast.Constant):
             return f"# the number given for {name}"
         return f"# now work out {name}"
@@ -124,14 +132,14 @@ def add_step_comments(program: str) -> str | None:
 
 
 EXPLANATIONS = (
-    ("The program applies each change in the order of the problem and prints the answer.",),
-    ("Each line turns one sentence into arithmetic, and the last line prints the answer.",),
-    ("We write down the numbers, combine them step by step and print the result.",),
+    "The program applies each change in the order of the problem and prints the answer.",
+    "Each line turns one sentence into arithmetic, and the last line prints the answer.",
+    "We write down the numbers, combine them step by step and print the result.",
 )
 
 
 def add_explanation(program: str, key: str = "") -> str | None:
-    """The program followed by a comment paragraph that explains it (the verbose style of many
+    """The program followed by a comment line that explains it (the verbose style of many
     teachers: the code, then what it does); one of ``EXPLANATIONS``, chosen by ``key``. None when
     the program does not parse. The code itself is unchanged."""
     try:
@@ -139,11 +147,11 @@ def add_explanation(program: str, key: str = "") -> str | None:
     except SyntaxError:
         return None
     text = EXPLANATIONS[int(hashlib.sha256(key.encode()).hexdigest(), 16) % len(EXPLANATIONS)]
-    return program.rstrip("\n") + "\n" + "".join(f"# {line}\n" for line in text)
+    return program.rstrip("\n") + f"\n# {text}\n"
 
 
 def chosen_for_rewrite(problem_id: str, fraction: float, seed: int = 0) -> bool:
-    """A stable, seeded draw per problem: whether its solutions get the concise rewrite."""
+    """A stable, seeded draw per problem: whether its solutions get a style rewrite."""
     if fraction <= 0:
         return False
     digest = hashlib.sha256(f"{seed}:{problem_id}".encode()).digest()

@@ -35,7 +35,7 @@ def split_program(code: str) -> list[str]:
     steps = []
     start = 0
     for i in range(len(tree.body)):
-        end = max(block_start(tree.body[i + 1]), first_line(tree.body[i]) + 1) if i + 1 < len(tree.body) else len(lines)
+        end = max(block_start(tree.body[i + 1]), tree.body[i].end_lineno) if i + 1 < len(tree.body) else len(lines)
         chunk = "\n".join(lines[start:end]).strip("\n")
         if chunk.strip():
             steps.append(chunk)

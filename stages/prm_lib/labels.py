@@ -296,7 +296,6 @@ def reference_completion(program: str) -> str:
 # Perturbed negatives
 
 
-_PERTURB_KINDS = ("number", "operator", "name")
 _OP_SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.FloorDiv: ast.Mult,
              ast.Div: ast.Mult, ast.Mod: ast.FloorDiv}
 

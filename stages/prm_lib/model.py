@@ -72,22 +72,18 @@ def encode_solution(tokenizer, question: str, steps: list[str], cfg: EncodingCon
     ``cache``: a dict the caller keeps for one tokenizer and config; the prompt and each step
     piece are tokenised once (the samples of a GRPO group share their prompt and most steps)."""
     chat = cfg.chat_template and getattr(tokenizer, "chat_template", None)
-    key = ("prompt", question)
-    ids = cache.get(key) if cache is not None else None
-    if ids is None:
+    cache = {} if cache is None else cache
+    if ("prompt", question) not in cache:
         ids = list(tokenizer(prompt_text(tokenizer, question, cfg), add_special_tokens=not chat)["input_ids"])
         if not chat and tokenizer.sep_token_id is not None and ids and ids[-1] == tokenizer.sep_token_id:
             ids = ids[:-1]  # an encoder's [SEP] ends the whole input, not the prompt
-        if cache is not None:
-            cache[key] = ids
-    ids = list(ids)
+        cache["prompt", question] = ids
+    ids = list(cache["prompt", question])
     positions: list[int] = []
     for step in steps:
-        piece = cache.get(("step", step)) if cache is not None else None
-        if piece is None:
-            piece = _step_piece(tokenizer, step, cfg)
-            if cache is not None:
-                cache[("step", step)] = piece
+        if ("step", step) not in cache:
+            cache["step", step] = _step_piece(tokenizer, step, cfg)
+        piece = cache["step", step]
         if truncate and len(ids) + len(piece) > cfg.max_length:
             break
         ids += piece

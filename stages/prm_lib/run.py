@@ -44,7 +44,7 @@ def make_labels(ctx, args, seed: int, policy, policy_tok, imported: list[dict], 
                                      batch_size=args.gen_batch_size, seed=seed)
     chosen, mining = P.mined_solutions(samples, low=args.mining_low, high=args.mining_high,
                                        limit=args.max_label_solutions,
-                                           max_correct_per_wrong=args.max_correct_per_wrong)
+                                       max_correct_per_wrong=args.max_correct_per_wrong)
     with P.timed("label_s", timings):
         rows = P.mc_rows(policy, policy_tok, chosen, args, seed)
     if args.perturbed_negatives:
