@@ -1,6 +1,7 @@
 """Benchmark: scoring 8-step solutions with one token-classification pass (this stage's PRM)
 against one sequence-classification pass per step prefix (the seed's design), same backbone size,
-same run, same inputs. Prints both timings and the speed-up ratio.
+same run, same inputs. Prints both timings and the speed-up ratio, and the implicit PRM's cost
+(``prm_type: implicit``: one pass of the causal LM and one of its reference per solution).
 
     python bench/prm_scoring.py [--solutions 32] [--repeats 3] [--hidden 128 --layers 4]
 """
@@ -14,12 +15,18 @@ import time
 
 def main() -> None:
     import torch
-    from transformers import Qwen2Config, Qwen2ForSequenceClassification, Qwen2ForTokenClassification
+    from transformers import (
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen2ForSequenceClassification,
+        Qwen2ForTokenClassification,
+    )
 
     from stages.common.arith import generate_problems
     from stages.common.steps import split_solution
     from stages.common.tiny import build_tokenizer
-    from stages.prm_lib.model import EncodingConfig, encode_solution
+    from stages.prm_lib.implicit import ImplicitHead
+    from stages.prm_lib.model import EncodingConfig, completion_start, encode_solution
     from stages.prm_lib.scorer import collate_ids
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -42,6 +49,8 @@ def main() -> None:
     torch.manual_seed(0)
     tc = Qwen2ForTokenClassification(cfg).eval()
     sc = Qwen2ForSequenceClassification(cfg).eval()
+    lm, ref = Qwen2ForCausalLM(cfg).eval(), Qwen2ForCausalLM(cfg).eval()
+    head = ImplicitHead(ref, 1.0)
     enc = EncodingConfig(chat_template=False)
     steps = [split_solution("```python\n" + p["program"] + "\n```") for p in problems]
     full = [encode_solution(tok, p["question"], s, enc, truncate=False) for p, s in zip(problems, steps, strict=True)]
@@ -51,6 +60,13 @@ def main() -> None:
     def one_pass() -> None:
         ids, mask = collate_ids([ids for ids, _ in full], pad)
         tc(input_ids=ids, attention_mask=mask)
+
+    starts = torch.tensor([completion_start(tok, p["question"], enc) for p in problems])
+
+    def implicit() -> None:
+        ids, mask = collate_ids([ids for ids, _ in full], pad)
+        head(lm(input_ids=ids, attention_mask=mask).logits,
+             {"input_ids": ids, "attention_mask": mask, "completion_start": starts})
 
     def per_prefix() -> None:
         for start in range(0, len(prefixes), len(full)):  # same batch size, 8x the sequences
@@ -67,13 +83,15 @@ def main() -> None:
                 runs.append(time.perf_counter() - t)
         return statistics.median(runs)
 
-    t_tc, t_sc = timed(one_pass), timed(per_prefix)
+    t_tc, t_sc, t_im = timed(one_pass), timed(per_prefix), timed(implicit)
     n_params = sum(p.numel() for p in tc.parameters())
     print(f"{len(full)} solutions x 8 steps, backbone {a.layers} layers x {a.hidden} hidden ({n_params / 1e6:.2f}M "
           f"params), {a.threads} thread(s), median of {a.repeats}")
     print(f"token classification, one pass per solution:  {t_tc * 1000:8.1f} ms")
     print(f"sequence classification, one pass per prefix: {t_sc * 1000:8.1f} ms")
     print(f"speed-up: {t_sc / t_tc:.1f}x (target >= 5x)")
+    print(f"implicit PRM, causal LM + reference pass:     {t_im * 1000:8.1f} ms ({t_sc / t_im:.1f}x faster than "
+          "per prefix)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ recipes/tiny/prm.yaml`` (or ``python -m stages.prm ...``). Steps:
    ``import`` (PRM800K, Math-Shepherd, ``pi`` scores, text/label rows, stepwise jsonl); the
    policy's problems are ordered by mistake mining;
 2. training: token classification at the step positions (``stages.prm_lib.trainer``), two
-   classes, three classes or soft labels, LoRA (TOKEN_CLS), class weights, last step only;
+   classes, three classes or soft labels, LoRA (TOKEN_CLS), class weights, last step only; or
+   ``prm_type: implicit``, a causal LM scored by its log-likelihood ratio to a frozen reference
+   (``stages.prm_lib.implicit``; LoRA CAUSAL_LM);
    ``reweight: dreamprm`` learns instance or domain weights on a meta set
    (``stages.prm_lib.reweight``), ``--baseline`` switches that off;
 3. evaluation into metrics.json: step metrics, ProcessBench first-error F1, best-of-N.
@@ -68,6 +70,12 @@ class PRMStageArguments(StageArguments):
     prm800k_mode: str = field(default="neutral_positive", metadata={"help": "three | neutral_positive | "
                                                                              "neutral_negative"})
     import_label_map: str | None = field(default=None, metadata={"help": "JSON object for text_label rows."})
+    prm_type: str = field(default="token_classification", metadata={
+        "help": "token_classification (a head at each step's last token) | implicit (a causal LM's summed "
+                "log-likelihood ratio to a frozen reference up to each step; stages.prm_lib.implicit)."})
+    implicit_beta: float = field(default=1.0, metadata={"help": "implicit: step logit = beta * summed log-ratio."})
+    implicit_reference: str | None = field(default=None, metadata={
+        "help": "implicit: the frozen reference model; default (or @backbone) the PRM backbone's starting weights."})
     label_mode: str = field(default="hard", metadata={"help": "hard | soft | three"})
     step_separator: str = "\n"
     chat_template: bool = True
@@ -107,7 +115,10 @@ def main(argv: list[str] | None = None) -> Path | None:
         raise ConfigError("mc_skip_correct needs mc_label: hard (a soft label needs the rollouts it would skip)")
     if args.max_correct_per_wrong is not None and args.max_correct_per_wrong < 0:
         raise ConfigError(f"max_correct_per_wrong must be >= 0, got {args.max_correct_per_wrong}")
-    enc = P.encoding_config(args)  # validates label_mode
+    try:
+        enc = P.encoding_config(args)  # validates label_mode, prm_type, implicit_beta
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     if args.class_weights and len(args.class_weights) != enc.num_labels:
         raise ConfigError(f"class_weights needs {enc.num_labels} values for label_mode {args.label_mode}")
     label_map = P.parse_label_map(args.import_label_map)
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         return ctx.ckpt.final_dir
     if args.dry_run:
         ctx.print_plan(label_source=args.label_source, label_problems=len(label_problems), imported_rows=len(imported),
-                       label_mode=args.label_mode, reweight="off" if args.baseline else args.reweight,
+                       prm_type=args.prm_type, label_mode=args.label_mode, reweight="off" if args.baseline else args.reweight,
                        best_of_n_problems=len(bon), policy=args.policy if needs_policy else None)
         return None
     from stages.prm_lib.run import run_stage  # noqa: PLC0415

@@ -38,6 +38,9 @@ def test_pipeline_on_embedded_default(tmp_path):
     for stage in ("prm", "grpo", "length_rl"):
         assert json.loads((run / stage / "latest" / "manifest.json").read_text())["status"] == "complete"
     assert not list((run / "prm" / "latest").glob("eval"))  # a PRM is not evaluated as a policy
+    bon = json.loads((run / "prm" / "latest" / "metrics.json").read_text())["best_of_n"]
+    assert bon["n_problems"] == 500
+    assert bon["prm_min"]["accuracy"] > bon["random_expected_accuracy"], bon  # the PRM's pick beats chance
     assert (run / "report.html").is_file()
 
 

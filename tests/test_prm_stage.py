@@ -4,6 +4,7 @@ MC labelling from a policy; config errors."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,16 +42,21 @@ def _recipe(tmp_path: Path, **over) -> Path:
 
 
 @pytest.mark.slow
-def test_imported_labels_train_a_prm_that_finds_the_wrong_step(tmp_path):
+@pytest.mark.parametrize("kind", ["token_classification", "implicit_lora"])
+def test_imported_labels_train_a_prm_that_finds_the_wrong_step(tmp_path, kind):
     from stages.prm import PRMScorer, main
 
     data = tmp_path / "steps.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _stepwise_rows(120)))
-    recipe = _recipe(tmp_path, label_source="import", import_files=[str(data)], import_format="stepwise")
+    extra = {"prm_type": "implicit", "use_peft": True, "lora_r": 8} if kind == "implicit_lora" else {}
+    recipe = _recipe(tmp_path, label_source="import", import_files=[str(data)], import_format="stepwise", **extra)
     out = main(["--config", str(recipe), "--runs_dir", str(tmp_path / "runs"), "--run", "r"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval"]["steps"]["roc_auc"] > 0.8, metrics["eval"]
     assert (out / "prm_config.json").is_file() and (out / "manifest.json").is_file()
+    # an implicit PRM is a plain causal LM (LoRA merged) with its frozen reference inside the checkpoint
+    assert (out / "reference" / "config.json").is_file() == (kind == "implicit_lora")
+    assert not (out / "adapter_config.json").exists()
     scorer = PRMScorer(tmp_path / "runs" / "r" / "prm")
     p = generate_problems(3, split="test", seed=5)[2]
     good = "```python\n" + p["program"] + "\n```"
@@ -68,6 +74,26 @@ def test_imported_labels_train_a_prm_that_finds_the_wrong_step(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     row = json.loads((tmp_path / "o.jsonl").read_text())
     assert row["step_scores"] == pytest.approx(s_bad, abs=1e-4) and row["prm_min"] == pytest.approx(min(s_bad))
+
+
+@pytest.mark.slow
+def test_implicit_prm_under_accelerate_with_two_processes(tmp_path):
+    data = tmp_path / "steps.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in _stepwise_rows(120)))
+    recipe = _recipe(tmp_path, label_source="import", import_files=[str(data)], import_format="stepwise",
+                     prm_type="implicit")
+    cmd = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file", "accelerate_configs/cpu.yaml",
+           "--num_processes", "2", "-m", "stages.prm", "--config", str(recipe), "--runs_dir", str(tmp_path / "runs"),
+           "--run", "ddp"]
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    v1 = tmp_path / "runs" / "ddp" / "prm" / "v1"
+    assert json.loads((v1 / "manifest.json").read_text())["config"]["world_size"] == 2
+    # 240 rows, a quarter held out: 180 rows, batch 16 per process, 2 processes, 3 epochs
+    assert json.loads((v1 / "log_history.json").read_text())[-1]["step"] == 18
+    assert json.loads((v1 / "metrics.json").read_text())["eval"]["steps"]["roc_auc"] > 0.8
+    assert (v1 / "reference" / "model.safetensors").is_file()
 
 
 @pytest.mark.slow
@@ -97,3 +123,7 @@ def test_config_errors_name_the_field(tmp_path):
         main(["--config", str(_recipe(tmp_path, label_source="oracle")), "--runs_dir", str(tmp_path)])
     with pytest.raises(ConfigError, match="class_weights"):
         main(["--config", str(_recipe(tmp_path, class_weights=[1.0])), "--runs_dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="prm_type"):
+        main(["--config", str(_recipe(tmp_path, prm_type="value_head")), "--runs_dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="three"):
+        main(["--config", str(_recipe(tmp_path, prm_type="implicit", label_mode="three")), "--runs_dir", str(tmp_path)])

@@ -1,6 +1,7 @@
 """The PRM's input encoding and label spaces, shared by training and scoring.
 
-A solution is scored in one forward pass of an ``AutoModelForTokenClassification``: the input is
+A solution is scored in one forward pass of an ``AutoModelForTokenClassification`` (or, with
+``prm_type: implicit``, of a causal LM and its reference: ``stages.prm_lib.implicit``): the input is
 the problem prompt followed by every step, each step followed by the step separator, and the
 prediction for a step is read at the last token of ``step + separator``. Training and scoring both
 encode through :func:`encode_solution` (steps from ``stages.common.steps.split_solution``), so
@@ -25,6 +26,7 @@ from stages.common.generation import chat_prompts
 
 PRM_CONFIG = "prm_config.json"
 LABEL_MODES = ("hard", "soft", "three")
+PRM_TYPES = ("token_classification", "implicit")
 CLASS_NAMES = ("negative", "neutral", "positive")
 IGNORE = -100.0
 
@@ -37,10 +39,18 @@ class EncodingConfig:
     step_separator: str = "\n"
     chat_template: bool = True  # the PoT chat prompt when the tokenizer has a chat template
     max_length: int = 1024
+    prm_type: str = "token_classification"  # or "implicit" (stages.prm_lib.implicit)
+    implicit_beta: float = 1.0  # implicit: q = beta * summed log-ratio
 
     def __post_init__(self) -> None:
         if self.label_mode not in LABEL_MODES:
             raise ValueError(f"label_mode must be one of {LABEL_MODES}, got {self.label_mode!r}")
+        if self.prm_type not in PRM_TYPES:
+            raise ValueError(f"prm_type must be one of {PRM_TYPES}, got {self.prm_type!r}")
+        if self.prm_type == "implicit" and self.label_mode == "three":
+            raise ValueError("prm_type implicit scores one logit per step: label_mode hard or soft, not three")
+        if self.implicit_beta <= 0:
+            raise ValueError(f"implicit_beta must be > 0, got {self.implicit_beta}")
 
     @property
     def num_labels(self) -> int:
@@ -89,6 +99,11 @@ def encode_solution(tokenizer, question: str, steps: list[str], cfg: EncodingCon
         ids += piece
         positions.append(len(ids) - 1)
     return ids, positions
+
+
+def completion_start(tokenizer, question: str, cfg: EncodingConfig, cache: dict | None = None) -> int:
+    """Index of the first step token in :func:`encode_solution`'s ids (the prompt's length)."""
+    return len(encode_solution(tokenizer, question, [], cfg, cache=cache)[0])
 
 
 def _step_piece(tokenizer, step: str, cfg: EncodingConfig) -> list[int]:

@@ -266,4 +266,5 @@ def parse_label_map(text: str | None) -> dict | None:
 
 def encoding_config(args: Any) -> EncodingConfig:
     return EncodingConfig(label_mode=args.label_mode, step_separator=args.step_separator,
-                          chat_template=args.chat_template, max_length=args.max_length)
+                          chat_template=args.chat_template, max_length=args.max_length,
+                          prm_type=args.prm_type, implicit_beta=args.implicit_beta)

@@ -25,7 +25,7 @@ class DreamPRMReweighter:
 
     def __init__(self, groups: Sequence[int], n_groups: int, meta_feats: Sequence[dict], *, pad_token_id: int,
                  label_mode: str, inner_lr: float, meta_lr: float = 0.1, meta_batch_size: int = 16,
-                 class_weights: Sequence[float] | None = None, seed: int = 0):
+                 class_weights: Sequence[float] | None = None, seed: int = 0, step_head=None):
         import torch  # noqa: PLC0415
 
         if not meta_feats:
@@ -38,6 +38,7 @@ class DreamPRMReweighter:
         self.meta_batch_size, self.class_weights = meta_batch_size, class_weights
         self.gen = torch.Generator().manual_seed(seed)
         self.history: list[float] = []  # meta loss per step
+        self.step_head = step_head  # the implicit PRM's ImplicitHead; None: the logits are step logits
 
     def weights(self):
         import torch  # noqa: PLC0415
@@ -67,19 +68,23 @@ class DreamPRMReweighter:
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             out = functional_call(model, params, (), {"input_ids": batch["input_ids"],
                                                       "attention_mask": batch["attention_mask"]})
-            inner = prm_loss(out.logits, batch["labels"], self.label_mode, class_weights=self.class_weights,
-                             instance_weights=w)
+            inner = prm_loss(self._step_logits(out.logits, batch), batch["labels"], self.label_mode,
+                             class_weights=self.class_weights, instance_weights=w)
             grads = torch.autograd.grad(inner, list(params.values()), create_graph=True, allow_unused=True)
             ahead = {n: (p - self.inner_lr * g if g is not None else p)
                      for (n, p), g in zip(params.items(), grads, strict=True)}
             meta = {k: v.to(device) for k, v in self._meta_batch().items()}
             out_m = functional_call(model, ahead, (), {"input_ids": meta["input_ids"],
                                                        "attention_mask": meta["attention_mask"]})
-            meta_loss = prm_loss(out_m.logits, meta["labels"], self.label_mode, class_weights=self.class_weights)
+            meta_loss = prm_loss(self._step_logits(out_m.logits, meta), meta["labels"], self.label_mode,
+                                 class_weights=self.class_weights)
             (hyper,) = torch.autograd.grad(meta_loss, [log_w])
         self.log_w -= self.meta_lr * hyper.detach().cpu()
         self.history.append(float(meta_loss.detach()))
         return self.weights().to(device)[rows].detach()
+
+    def _step_logits(self, logits, batch: dict):
+        return logits if self.step_head is None else self.step_head(logits, batch)
 
     def __call__(self, batch: dict, model) -> Any:
         return self.step(batch, model)

@@ -88,8 +88,24 @@ def run_stage(ctx, args, cfg, model_args, enc: EncodingConfig, imported: list[di
     eval_rows = [r for r in eval_rows if not r.get("perturbed")]  # step metrics: the policy's own solutions
 
     tokenizer = load_tokenizer(ctx.parent.path, padding_side="right")
-    model = load_token_classifier(ctx.parent.path, enc.num_labels, model_args)
-    peft = peft_config(model_args, "TOKEN_CLS")
+    head = reference = None
+    if enc.prm_type == "implicit":
+        from stages.prm_lib.implicit import ImplicitHead, load_reference  # noqa: PLC0415
+
+        model = load_causal_lm(ctx.parent.path, model_args)
+        ref_path = ctx.parent.path if args.implicit_reference in (None, "", "@backbone") else materialize_parent(
+            args.implicit_reference, ctx.run_dir, is_main=ctx.is_main, seed=seed).path
+        reference = load_reference(ref_path, model_args)
+        sizes = (model.get_input_embeddings().weight.shape[0], reference.get_input_embeddings().weight.shape[0])
+        if sizes[0] != sizes[1]:
+            raise ValueError(f"implicit_reference {ref_path}: vocabulary of {sizes[1]} tokens, the backbone has "
+                             f"{sizes[0]}; the log-ratio needs the same tokenizer")
+        head = ImplicitHead(reference, enc.implicit_beta)
+        metrics["implicit_reference"] = str(ref_path)
+        peft = peft_config(model_args, "CAUSAL_LM")
+    else:
+        model = load_token_classifier(ctx.parent.path, enc.num_labels, model_args)
+        peft = peft_config(model_args, "TOKEN_CLS")
     if peft is not None:
         from peft import get_peft_model  # noqa: PLC0415
 
@@ -100,29 +116,34 @@ def run_stage(ctx, args, cfg, model_args, enc: EncodingConfig, imported: list[di
         train_rows, meta_rows = P.split_rows(train_rows, args.meta_fraction, seed + 1)
         feats = featurize(train_rows, tokenizer, enc, **feat_kw)
         reweighter, names = _reweighter(args, cfg, enc, tokenizer, train_rows, feats,
-                                        featurize(meta_rows, tokenizer, enc, **feat_kw), seed)
+                                        featurize(meta_rows, tokenizer, enc, **feat_kw), seed, head)
     else:
         feats = featurize(train_rows, tokenizer, enc, **feat_kw)
     cfg.output_dir = str(ctx.trainer_dir)
     cfg.run_name = ctx.run_name
     cfg.remove_unused_columns = False
     trainer = PRMTrainer(model=model, args=cfg, train_dataset=feats, data_collator=PRMCollator(tokenizer.pad_token_id),
-                         label_mode=enc.label_mode, class_weights=args.class_weights, instance_weight_fn=reweighter)
+                         label_mode=enc.label_mode, class_weights=args.class_weights, instance_weight_fn=reweighter,
+                         step_head=head)
     with P.timed("train_s", timings):
         result = trainer.train(resume_from_checkpoint=ctx.resume_checkpoint())
     metrics["train"] = dict(result.metrics)
     metrics["train_rows"], metrics["eval_rows"] = len(feats), len(eval_rows)
     model = trainer.model
     if peft is not None:
-        model = model.merge_and_unload()  # the scorer loads plain token-classification weights
+        model = model.merge_and_unload()  # the scorer loads plain weights
     model.eval()
     if ctx.is_main:
         model.save_pretrained(ctx.work_dir)
         tokenizer.save_pretrained(ctx.work_dir)
         enc.save(ctx.work_dir)
+        if reference is not None:  # a self-contained checkpoint: the scorer needs the reference too
+            from stages.prm_lib.implicit import REFERENCE_DIR  # noqa: PLC0415
+
+            reference.save_pretrained(ctx.work_dir / REFERENCE_DIR)
         if reweighter is not None:
             metrics["reweight"] = _save_reweight(reweighter, names, ctx.work_dir, args.reweight)
-    scorer = PRMScorer(ctx.work_dir, model=model, tokenizer=tokenizer, config=enc, batch_size=32)
+    scorer = PRMScorer(ctx.work_dir, model=model, tokenizer=tokenizer, config=enc, batch_size=32, reference=reference)
     with P.timed("eval_steps_s", timings):
         if eval_rows:
             metrics["eval"] = P.evaluate_steps(scorer, eval_rows, args.label_threshold)
@@ -143,7 +164,7 @@ def run_stage(ctx, args, cfg, model_args, enc: EncodingConfig, imported: list[di
     return ctx.finalize(metrics)
 
 
-def _reweighter(args, cfg, enc, tokenizer, train_rows, feats, meta_feats, seed):
+def _reweighter(args, cfg, enc, tokenizer, train_rows, feats, meta_feats, seed, head=None):
     from stages.prm_lib.reweight import DreamPRMReweighter  # noqa: PLC0415
 
     if args.reweight == "domain":
@@ -158,7 +179,7 @@ def _reweighter(args, cfg, enc, tokenizer, train_rows, feats, meta_feats, seed):
                             pad_token_id=tokenizer.pad_token_id, label_mode=enc.label_mode,
                             inner_lr=cfg.learning_rate, meta_lr=args.meta_lr,
                             meta_batch_size=cfg.per_device_train_batch_size, class_weights=args.class_weights,
-                            seed=seed)
+                            seed=seed, step_head=head)
     return rw, names
 
 

@@ -2,7 +2,9 @@
 
 Used by rewards/ (the PRM bonus), evolve, revise, eval and ``python -m stages.prm score``. The
 steps come from ``stages.common.steps.split_solution`` and the encoding from
-:func:`stages.prm_lib.model.encode_solution`, exactly as in training.
+:func:`stages.prm_lib.model.encode_solution`, exactly as in training. An implicit PRM checkpoint
+(``prm_type: implicit``) is a causal LM with its frozen reference in ``reference/``; the scorer
+runs both and reads the same step logits as training (``stages.prm_lib.implicit``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stages.common.steps import split_solution
-from stages.prm_lib.model import EncodingConfig, encode_solution, load_token_classifier, step_probabilities
+from stages.prm_lib.implicit import supports_prompt_sharing
+from stages.prm_lib.model import (
+    EncodingConfig,
+    completion_start,
+    encode_solution,
+    load_token_classifier,
+    step_probabilities,
+)
 
 
 def collate_ids(batch: Sequence[list[int]], pad_id: int):
@@ -34,7 +43,7 @@ class PRMScorer:
     CACHE_ENTRIES = 100_000
 
     def __init__(self, checkpoint: str | Path, *, batch_size: int = 64, device: str | None = None, model=None,
-                 tokenizer=None, config: EncodingConfig | None = None):
+                 tokenizer=None, config: EncodingConfig | None = None, reference=None):
         import torch  # noqa: PLC0415
 
         from stages.common.modeling import load_tokenizer  # noqa: PLC0415
@@ -45,12 +54,28 @@ class PRMScorer:
         self.path = path
         self.config = config or EncodingConfig.load(path)
         self.tokenizer = tokenizer or load_tokenizer(str(path), padding_side="right")
-        self.model = model or load_token_classifier(str(path), self.config.num_labels)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.head = None
+        if self.config.prm_type == "implicit":
+            from stages.common.modeling import load_causal_lm  # noqa: PLC0415
+            from stages.prm_lib.implicit import REFERENCE_DIR, ImplicitHead, load_reference  # noqa: PLC0415
+
+            if reference is None:
+                if not (path / REFERENCE_DIR / "config.json").is_file():
+                    raise FileNotFoundError(f"{path / REFERENCE_DIR}: missing; an implicit PRM checkpoint keeps its "
+                                            "reference model there")
+                reference = load_reference(path / REFERENCE_DIR)
+                reference.to(self.device)
+            self.model = model or load_causal_lm(str(path))
+            self.head = ImplicitHead(reference, self.config.implicit_beta)
+        else:
+            self.model = model or load_token_classifier(str(path), self.config.num_labels)
         if model is None:
             self.model.to(self.device)
         self.model.eval()
         self.batch_size = batch_size
+        # implicit PRM: run each distinct prompt once per batch and reuse its key/value cache
+        self.share_prompts = self.head is not None and supports_prompt_sharing(self.model, self.head.reference)
         self._cache: dict = {}  # tokenised prompts and step pieces (encode_solution's cache)
 
     def score_steps(self, problems: Sequence[str], steps: Sequence[list[str]]) -> list[list[float]]:
@@ -67,6 +92,7 @@ class PRMScorer:
             self._cache.clear()
         encoded = [encode_solution(self.tokenizer, q, list(s), self.config, truncate=False, cache=self._cache)
                    for q, s in slot]
+        starts_of = [completion_start(self.tokenizer, q, self.config, self._cache) for q, _ in slot]
         out: list[list[float]] = [[] for _ in encoded]
         order = sorted((i for i in range(len(encoded)) if encoded[i][1]), key=lambda i: len(encoded[i][0]))
         pad = self.tokenizer.pad_token_id or 0
@@ -74,8 +100,23 @@ class PRMScorer:
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
+                if self.head is not None and self.share_prompts:
+                    cut = [starts_of[i] for i in batch]
+                    scores = self.head.step_scores(
+                        self.model, [encoded[i][0][:c] for i, c in zip(batch, cut, strict=True)],
+                        [encoded[i][0][c:] for i, c in zip(batch, cut, strict=True)],
+                        [[p - c for p in encoded[i][1]] for i, c in zip(batch, cut, strict=True)], pad)
+                    for i, sc in zip(batch, scores, strict=True):
+                        out[i] = sc
+                    continue
                 ids, mask = collate_ids([encoded[i][0] for i in batch], pad)
-                logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                ids, mask = ids.to(device), mask.to(device)
+                if self.head is not None:
+                    starts = torch.tensor([starts_of[i] for i in batch], dtype=torch.long, device=device)
+                    logits = self.head.score_logits(self.model, {"input_ids": ids, "attention_mask": mask,
+                                                                 "completion_start": starts})
+                else:
+                    logits = self.model(input_ids=ids, attention_mask=mask).logits
                 probs = step_probabilities(logits, self.config.label_mode).cpu()
                 for row, i in enumerate(batch):
                     out[i] = probs[row, encoded[i][1]].tolist()

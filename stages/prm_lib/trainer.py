@@ -13,7 +13,7 @@ from typing import Any
 
 from transformers import Trainer
 
-from stages.prm_lib.model import IGNORE, EncodingConfig, encode_solution, step_target
+from stages.prm_lib.model import IGNORE, EncodingConfig, completion_start, encode_solution, step_target
 
 
 def featurize(rows: Sequence[dict], tokenizer, cfg: EncodingConfig, *, last_step_only: bool = False,
@@ -22,8 +22,9 @@ def featurize(rows: Sequence[dict], tokenizer, cfg: EncodingConfig, *, last_step
     step at its prediction token, IGNORE elsewhere. Rows whose steps do not fit are cut; a row
     with no step left is dropped."""
     feats = []
+    cache: dict = {}
     for index, row in enumerate(rows):
-        ids, positions = encode_solution(tokenizer, row["prompt"], list(row["completions"]), cfg)
+        ids, positions = encode_solution(tokenizer, row["prompt"], list(row["completions"]), cfg, cache=cache)
         if not positions:
             continue
         labels = [IGNORE] * len(ids)
@@ -32,7 +33,8 @@ def featurize(rows: Sequence[dict], tokenizer, cfg: EncodingConfig, *, last_step
         for j in chosen:
             labels[positions[j]] = step_target(targets[j], cfg.label_mode, hard_threshold=hard_threshold,
                                                neutral_as=neutral_as)
-        feats.append({"input_ids": ids, "labels": labels, "weight": float(row.get("weight", 1.0)), "index": index})
+        feats.append({"input_ids": ids, "labels": labels, "weight": float(row.get("weight", 1.0)), "index": index,
+                      "completion_start": completion_start(tokenizer, row["prompt"], cfg, cache)})
     return feats
 
 
@@ -57,7 +59,8 @@ class PRMCollator:
             labels[i, :k] = torch.tensor(f["labels"], dtype=torch.float)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels,
                 "weight": torch.tensor([f.get("weight", 1.0) for f in feats], dtype=torch.float),
-                "index": torch.tensor([f.get("index", 0) for f in feats], dtype=torch.long)}
+                "index": torch.tensor([f.get("index", 0) for f in feats], dtype=torch.long),
+                "completion_start": torch.tensor([f.get("completion_start", 0) for f in feats], dtype=torch.long)}
 
 
 def prm_loss(logits, labels, mode: str, *, class_weights: Sequence[float] | None = None, instance_weights=None):
@@ -85,11 +88,14 @@ def prm_loss(logits, labels, mode: str, *, class_weights: Sequence[float] | None
 
 
 class PRMTrainer(Trainer):
-    """``Trainer`` with the PRM loss; the batch carries ``labels``, ``weight`` and ``index``."""
+    """``Trainer`` with the PRM loss; the batch carries ``labels``, ``weight``, ``index`` and
+    ``completion_start``. ``step_head``: turns the model's raw logits into step logits (the
+    implicit PRM's ``ImplicitHead``); None for a token classifier, whose logits already are."""
 
     def __init__(self, *args: Any, label_mode: str = "hard", class_weights: Sequence[float] | None = None,
-                 instance_weight_fn=None, **kwargs: Any):
+                 instance_weight_fn=None, step_head=None, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.step_head = step_head
         self.label_mode = label_mode
         self.class_weights = list(class_weights) if class_weights else None
         # DreamPRM: called with (batch, model) at every step, returns the per-row weights to use
@@ -102,6 +108,7 @@ class PRMTrainer(Trainer):
         if self.instance_weight_fn is not None:
             weight = self.instance_weight_fn({**inputs, "labels": labels, "weight": weight, "index": index}, model)
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-        loss = prm_loss(outputs.logits, labels, self.label_mode, class_weights=self.class_weights,
+        logits = outputs.logits if self.step_head is None else self.step_head(outputs.logits, inputs)
+        loss = prm_loss(logits, labels, self.label_mode, class_weights=self.class_weights,
                         instance_weights=weight)
         return (loss, outputs) if return_outputs else loss
