@@ -65,11 +65,12 @@ def completion_logps(model, input_ids, attention_mask, completion_start):
 
 
 def shared_prompt_logps(model, prompts: list[list[int]], completions: list[list[int]], group: list[int],
-                        pad_id: int) -> list[list[float]]:
-    """log p(token) of every completion token of each sequence ``prompts[group[i]] + completions[i]``,
-    with each distinct prompt run once: the prompts go through the model left-padded and their
-    key/value cache is copied to the sequences that share them (the samples of a GRPO group or a
-    best-of-N draw share one prompt, and the prompt is about half of each sequence)."""
+                        pad_id: int):
+    """``out[i, j]`` = log p(completion token j) of the sequence ``prompts[group[i]] + completions[i]``
+    (right-padded, ``[N, longest completion]``), each distinct prompt run once: the prompts go
+    through the model left-padded and their key/value cache is copied to the sequences that share
+    them (the samples of a GRPO group or a best-of-N draw share one prompt, and the prompt is about
+    half of each sequence)."""
     import torch  # noqa: PLC0415
 
     device = next(model.parameters()).device
@@ -97,9 +98,7 @@ def shared_prompt_logps(model, prompts: list[list[int]], completions: list[list[
                    position_ids=lengths[:, None] + torch.arange(width_c, device=device)[None, :],
                    past_key_values=cache, use_cache=True).logits
     lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, c_ids[:, 1:, None])[..., 0]
-    head = first[rows].gather(-1, c_ids[:, :1])
-    full = torch.cat([head, lp], dim=1).cpu()
-    return [full[i, : len(c)].tolist() for i, c in enumerate(completions)]
+    return torch.cat([first[rows].gather(-1, c_ids[:, :1]), lp], dim=1)
 
 
 def q_logits(policy_logps, reference_logps, completion_start, attention_mask, beta: float):
@@ -111,6 +110,12 @@ def q_logits(policy_logps, reference_logps, completion_start, attention_mask, be
     mask = (positions >= completion_start[:, None].to(positions.device)) & attention_mask.bool()
     q = beta * torch.cumsum((policy_logps - reference_logps) * mask, dim=1)
     return torch.stack([torch.zeros_like(q), q], dim=-1)
+
+
+def _starts(batch: dict[str, Any]):
+    if batch.get("completion_start") is None:
+        raise KeyError("an implicit PRM batch needs completion_start (featurize adds it)")
+    return batch["completion_start"]
 
 
 class ImplicitHead:
@@ -132,9 +137,7 @@ class ImplicitHead:
 
     def score_logits(self, model, batch: dict[str, Any]):
         """Step logits with both models run here, the LM heads only where needed (scoring)."""
-        self._check(batch)
-        return self._q(completion_logps(model, batch["input_ids"], batch["attention_mask"],
-                                        batch["completion_start"]), batch)
+        return self._q(completion_logps(model, batch["input_ids"], batch["attention_mask"], _starts(batch)), batch)
 
     def step_scores(self, model, prompts: list[list[int]], completions: list[list[int]],
                     offsets: list[list[int]], pad_id: int) -> list[list[float]]:
@@ -142,47 +145,31 @@ class ImplicitHead:
         completion offsets of its steps' last tokens; each distinct prompt runs once per model
         (:func:`shared_prompt_logps`). Equal to :meth:`score_logits` on the concatenated sequences
         up to float rounding (tested)."""
-        import math  # noqa: PLC0415
-
         import torch  # noqa: PLC0415
 
         distinct: dict[tuple[int, ...], int] = {}
         group = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
         unique = [list(p) for p in distinct]
-        ref = self.reference
-        device = next(model.parameters()).device
-        if next(ref.parameters()).device != device:
-            ref.to(device)
+        ref = self._reference_on(next(model.parameters()).device)
         with torch.no_grad():
-            pol = shared_prompt_logps(model, unique, completions, group, pad_id)
-            base = shared_prompt_logps(ref, unique, completions, group, pad_id)
-        out = []
-        for a, b, offs in zip(pol, base, offsets, strict=True):
-            q, total, scores = 0, 0.0, []
-            for j in offs:
-                while q <= j:
-                    total += a[q] - b[q]
-                    q += 1
-                z = self.beta * total
-                scores.append(1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z)))
-            out.append(scores)
-        return out
+            ratio = (shared_prompt_logps(model, unique, completions, group, pad_id)
+                     - shared_prompt_logps(ref, unique, completions, group, pad_id))
+        # completions are right-padded: a sum up to a step's offset never reaches the padding
+        probs = torch.sigmoid(self.beta * torch.cumsum(ratio, dim=1)).cpu()
+        return [probs[i, offs].tolist() for i, offs in enumerate(offsets)]
 
-    def _check(self, batch: dict[str, Any]) -> None:
-        if "completion_start" not in batch:
-            raise KeyError("an implicit PRM batch needs completion_start (featurize adds it)")
+    def _reference_on(self, device):
+        if next(self.reference.parameters()).device != device:
+            self.reference.to(device)
+        return self.reference
 
     def _q(self, policy_lp, batch: dict[str, Any]):
         import torch  # noqa: PLC0415
 
-        self._check(batch)
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        ref = self.reference
-        if next(ref.parameters()).device != ids.device:
-            ref.to(ids.device)
+        ids, mask, starts = batch["input_ids"], batch["attention_mask"], _starts(batch)
         with torch.no_grad():
-            ref_lp = completion_logps(ref, ids, mask, batch["completion_start"])
-        return q_logits(policy_lp, ref_lp, batch["completion_start"], mask, self.beta)
+            ref_lp = completion_logps(self._reference_on(ids.device), ids, mask, starts)
+        return q_logits(policy_lp, ref_lp, starts, mask, self.beta)
 
 
 def load_reference(checkpoint: str | Path, model_args: Any = None):
