@@ -1,7 +1,8 @@
 """Benchmark: scoring 8-step solutions with one token-classification pass (this stage's PRM)
 against one sequence-classification pass per step prefix (the seed's design), same backbone size,
 same run, same inputs. Prints both timings and the speed-up ratio, and the implicit PRM's cost
-(``prm_type: implicit``: one pass of the causal LM and one of its reference per solution).
+(``prm_type: implicit``: one pass of the causal LM and one of its reference per solution, as
+``PRMScorer`` runs them when the solutions share no prompt).
 
     python bench/prm_scoring.py [--solutions 32] [--repeats 3] [--hidden 128 --layers 4]
 """
@@ -65,8 +66,7 @@ def main() -> None:
 
     def implicit() -> None:
         ids, mask = collate_ids([ids for ids, _ in full], pad)
-        head(lm(input_ids=ids, attention_mask=mask).logits,
-             {"input_ids": ids, "attention_mask": mask, "completion_start": starts})
+        head.score_logits(lm, {"input_ids": ids, "attention_mask": mask, "completion_start": starts})
 
     def per_prefix() -> None:
         for start in range(0, len(prefixes), len(full)):  # same batch size, 8x the sequences

@@ -23,7 +23,6 @@ TRL 1.16 has no PRM trainer of either kind.
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any
 
 REFERENCE_DIR = "reference"  # the frozen reference model inside an implicit PRM checkpoint
@@ -152,10 +151,12 @@ class ImplicitHead:
         unique = [list(p) for p in distinct]
         ref = self._reference_on(next(model.parameters()).device)
         with torch.no_grad():
-            ratio = (shared_prompt_logps(model, unique, completions, group, pad_id)
-                     - shared_prompt_logps(ref, unique, completions, group, pad_id))
-        # completions are right-padded: a sum up to a step's offset never reaches the padding
-        probs = torch.sigmoid(self.beta * torch.cumsum(ratio, dim=1)).cpu()
+            policy_lp = shared_prompt_logps(model, unique, completions, group, pad_id)
+            ref_lp = shared_prompt_logps(ref, unique, completions, group, pad_id)
+        # the completions start at 0 and are right-padded: a sum up to a step's offset never reaches the padding
+        starts = torch.zeros(len(completions), dtype=torch.long, device=policy_lp.device)
+        logits = q_logits(policy_lp, ref_lp, starts, torch.ones_like(policy_lp, dtype=torch.long), self.beta)
+        probs = logits[..., 1].sigmoid().cpu()
         return [probs[i, offs].tolist() for i, offs in enumerate(offsets)]
 
     def _reference_on(self, device):
@@ -171,8 +172,3 @@ class ImplicitHead:
             ref_lp = completion_logps(self._reference_on(ids.device), ids, mask, starts)
         return q_logits(policy_lp, ref_lp, starts, mask, self.beta)
 
-
-def load_reference(checkpoint: str | Path, model_args: Any = None):
-    from stages.common.modeling import load_causal_lm  # noqa: PLC0415
-
-    return load_causal_lm(str(checkpoint), model_args)

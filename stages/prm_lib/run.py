@@ -90,12 +90,12 @@ def run_stage(ctx, args, cfg, model_args, enc: EncodingConfig, imported: list[di
     tokenizer = load_tokenizer(ctx.parent.path, padding_side="right")
     head = reference = None
     if enc.prm_type == "implicit":
-        from stages.prm_lib.implicit import ImplicitHead, load_reference  # noqa: PLC0415
+        from stages.prm_lib.implicit import ImplicitHead  # noqa: PLC0415
 
         model = load_causal_lm(ctx.parent.path, model_args)
         ref_path = ctx.parent.path if args.implicit_reference in (None, "", "@backbone") else materialize_parent(
             args.implicit_reference, ctx.run_dir, is_main=ctx.is_main, seed=seed).path
-        reference = load_reference(ref_path, model_args)
+        reference = load_causal_lm(ref_path, model_args)
         sizes = (model.get_input_embeddings().weight.shape[0], reference.get_input_embeddings().weight.shape[0])
         if sizes[0] != sizes[1]:
             raise ValueError(f"implicit_reference {ref_path}: vocabulary of {sizes[1]} tokens, the backbone has "

@@ -58,13 +58,13 @@ class PRMScorer:
         self.head = None
         if self.config.prm_type == "implicit":
             from stages.common.modeling import load_causal_lm  # noqa: PLC0415
-            from stages.prm_lib.implicit import REFERENCE_DIR, ImplicitHead, load_reference  # noqa: PLC0415
+            from stages.prm_lib.implicit import REFERENCE_DIR, ImplicitHead  # noqa: PLC0415
 
             if reference is None:
                 if not (path / REFERENCE_DIR / "config.json").is_file():
                     raise FileNotFoundError(f"{path / REFERENCE_DIR}: missing; an implicit PRM checkpoint keeps its "
                                             "reference model there")
-                reference = load_reference(path / REFERENCE_DIR)
+                reference = load_causal_lm(str(path / REFERENCE_DIR))
                 reference.to(self.device)
             self.model = model or load_causal_lm(str(path))
             self.head = ImplicitHead(reference, self.config.implicit_beta)
@@ -92,7 +92,8 @@ class PRMScorer:
             self._cache.clear()
         encoded = [encode_solution(self.tokenizer, q, list(s), self.config, truncate=False, cache=self._cache)
                    for q, s in slot]
-        starts_of = [completion_start(self.tokenizer, q, self.config, self._cache) for q, _ in slot]
+        # the implicit PRM sums log-ratios from the first step token on
+        starts_of = [completion_start(self.tokenizer, q, self.config, self._cache) for q, _ in slot] if self.head else []
         out: list[list[float]] = [[] for _ in encoded]
         order = sorted((i for i in range(len(encoded)) if encoded[i][1]), key=lambda i: len(encoded[i][0]))
         pad = self.tokenizer.pad_token_id or 0
@@ -100,7 +101,7 @@ class PRMScorer:
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
-                if self.head is not None and self.share_prompts:
+                if self.share_prompts:
                     cut = [starts_of[i] for i in batch]
                     scores = self.head.step_scores(
                         self.model, [encoded[i][0][:c] for i, c in zip(batch, cut, strict=True)],
