@@ -57,7 +57,7 @@ def main() -> None:
     from trl import SFTTrainer
 
     from stages.common.modeling import load_causal_lm, load_tokenizer, materialize_parent
-    from stages.sft import load_sft_rows, to_prompt_completion
+    from stages.harness.supervised import load_solution_rows, to_prompt_completion
     from stages.sft import main as sft_main
 
     if opts.threads:
@@ -66,7 +66,7 @@ def main() -> None:
     args, cfg, model_args = _recipe_configs(steps, str(tmp / "trl"))
     base = materialize_parent("tiny", tmp / "runs" / "bench").path
     tok = load_tokenizer(base, padding_side="right")
-    rows = load_sft_rows(args.train_data, seed=cfg.seed)
+    rows = load_solution_rows(args.train_data, seed=cfg.seed)
     ds = datasets.Dataset.from_list([to_prompt_completion(r) for r in rows])
 
     def new_trainer():

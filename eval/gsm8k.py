@@ -182,7 +182,7 @@ def _ordered(details: list) -> list:
 def greedy_summary(mode: str, rows: list[dict]) -> dict:
     """pass@1 and the completion statistics of greedy rows (the fields evaluate_pot reports)."""
     from eval.metrics import POT  # noqa: PLC0415
-    from stages.common.generation import wilson_interval  # noqa: PLC0415
+    from stages.common.stats import wilson_interval  # noqa: PLC0415
 
     n = len(rows)
     k = sum(r["correct"] for r in rows)
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> Path | None:
     from eval.hooks import StageUnavailable, load_prm, load_repair  # noqa: PLC0415
     from eval.tasks import problems_of  # noqa: PLC0415
     from stages.common.checkpoint import now_iso, package_versions  # noqa: PLC0415
-    from stages.common.stage import setup_logging  # noqa: PLC0415
+    from stages.harness.lifecycle import setup_logging  # noqa: PLC0415
 
     state = init_state()
     setup_logging()

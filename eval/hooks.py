@@ -3,7 +3,7 @@
 Both are loaded lazily, only when asked for (``--repair R``, ``--prm <checkpoint>``), and fail
 before any generation with an error that says what is missing and what interface eval calls.
 
-Repair, ``stages.revise.repair`` (the revise stage; not written yet)::
+Repair, ``stages.revise_lib.repair.repair`` (the revise stage's library; not written yet)::
 
     repair(model, tokenizer, attempts: list[dict], *, rounds: int, max_new_tokens: int, seed: int)
         -> list[str]
@@ -16,7 +16,7 @@ when to stop, e.g. once the program runs). eval scores the returned completions 
 (``rewards.score_pot``) and reports ``pass@1_repair``. Wrong answers of programs that ran are
 not repaired: at test time nothing says they are wrong.
 
-PRM, ``stages.prm.PRMScorer`` (issue 7)::
+PRM, ``stages.prm_lib.scorer.PRMScorer``::
 
     PRMScorer(checkpoint).score(problems: list[str], solutions: list[str]) -> list[list[float]]
 
@@ -29,9 +29,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-REPAIR_SIGNATURE = ("stages.revise.repair(model, tokenizer, attempts, *, rounds, max_new_tokens, seed) "
+from rewards.functions import AGGREGATIONS
+from sandbox import get_sandbox
+from stages.common.pot import extract_program
+
+REPAIR_SIGNATURE = ("stages.revise_lib.repair.repair(model, tokenizer, attempts, *, rounds, max_new_tokens, seed) "
                     "-> list[str]")
-PRM_SIGNATURE = "stages.prm.PRMScorer(checkpoint).score(problems, solutions) -> list[list[float]]"
+PRM_SIGNATURE = "stages.prm_lib.scorer.PRMScorer(checkpoint).score(problems, solutions) -> list[list[float]]"
 
 
 class StageUnavailable(RuntimeError):
@@ -43,42 +47,38 @@ def _missing_module(e: ImportError, module: str) -> bool:
 
 
 def load_repair() -> Callable[..., list[str]]:
-    """``stages.revise.repair``, or :class:`StageUnavailable` saying why."""
+    """``stages.revise_lib.repair.repair``, or :class:`StageUnavailable` saying why."""
     try:
-        from stages.revise import repair  # noqa: PLC0415
+        from stages.revise_lib.repair import repair  # deferred: only with --repair; loads the revise library
     except ImportError as e:
-        if _missing_module(e, "stages.revise"):
+        if _missing_module(e, "stages.revise_lib.repair"):
             raise StageUnavailable(
-                f"--repair needs the revise stage, which does not exist yet (no module stages.revise). "
+                f"--repair needs the revise stage, which does not exist yet (no module stages.revise_lib.repair). "
                 f"eval calls {REPAIR_SIGNATURE}; see docs/eval.md. Run without --repair."
             ) from e
         if "repair" in str(e) and "cannot import name" in str(e):
-            raise StageUnavailable(f"stages/revise.py has no function 'repair'; eval calls {REPAIR_SIGNATURE}") from e
+            raise StageUnavailable(f"stages/revise_lib/repair.py has no function 'repair'; eval calls "
+                                   f"{REPAIR_SIGNATURE}") from e
         raise
     return repair
 
 
 def load_prm(checkpoint: str) -> Any:
-    """A ``stages.prm.PRMScorer`` for ``checkpoint``, or :class:`StageUnavailable`."""
+    """A ``stages.prm_lib.scorer.PRMScorer`` for ``checkpoint`` (checked before any model loads), or
+    :class:`StageUnavailable`."""
+    from stages.common.checkpoint import CheckpointError
+    from stages.prm_lib.scorer import PRMScorer  # deferred: loads torch and transformers
+
     try:
-        from stages.prm import PRMScorer  # noqa: PLC0415
-    except ImportError as e:
-        if _missing_module(e, "stages.prm"):
-            raise StageUnavailable(
-                f"--prm needs the PRM stage, which is not available (no module stages.prm). "
-                f"eval calls {PRM_SIGNATURE}; see docs/eval.md. Run without --prm."
-            ) from e
-        if "PRMScorer" in str(e) and "cannot import name" in str(e):
-            raise StageUnavailable(f"stages/prm.py has no class 'PRMScorer'; eval calls {PRM_SIGNATURE}") from e
-        raise
+        PRMScorer.check(checkpoint)
+    except CheckpointError as e:
+        raise StageUnavailable(f"--prm {checkpoint}: {e}") from e
     return PRMScorer(checkpoint)
 
 
 def prm_solution_scores(scorer: Any, problems: Sequence[str], solutions: Sequence[str],
                         aggregation: str = "min") -> list[float]:
     """One score per solution: its PRM step scores aggregated (no steps: 0.0)."""
-    from rewards.functions import AGGREGATIONS  # noqa: PLC0415
-
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"prm_aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
     if not solutions:
@@ -94,9 +94,6 @@ def prm_solution_scores(scorer: Any, problems: Sequence[str], solutions: Sequenc
 def repair_attempts(failures: Sequence[dict]) -> list[dict]:
     """The attempts handed to ``repair``: each failed completion with its sandbox feedback (the
     stderr of a run of its program; no gold)."""
-    from sandbox import get_sandbox  # noqa: PLC0415
-    from stages.common.pot import extract_program  # noqa: PLC0415
-
     programs = [extract_program(f["completion"]) for f in failures]
     to_run = [p for p in programs if p is not None]
     results = iter(get_sandbox().run_many(to_run) if to_run else [])
@@ -115,6 +112,6 @@ def run_repair(repair: Callable[..., list[str]], model: Any, tokenizer: Any, att
         return []
     out = repair(model, tokenizer, attempts, rounds=rounds, max_new_tokens=max_new_tokens, seed=seed)
     if len(out) != len(attempts) or not all(isinstance(c, str) for c in out):
-        raise StageUnavailable(f"stages.revise.repair returned {len(out)} items for {len(attempts)} attempts "
+        raise StageUnavailable(f"stages.revise_lib.repair.repair returned {len(out)} items for {len(attempts)} attempts "
                                f"(expected one completion string each: {REPAIR_SIGNATURE})")
     return list(out)

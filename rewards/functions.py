@@ -372,10 +372,11 @@ class PRMBonus(RewardFunc):
     correct, aggregated by ``min``, ``product``, ``last`` or ``mean``. With ``only_correct`` (the
     default) only completions with a correct final answer are scored and paid (0.0 otherwise,
     None for an unparseable gold), so that the policy cannot earn the bonus with plausible-looking
-    wrong solutions. ``prm`` is a PRM checkpoint path (``stages.prm.PRMScorer``, loaded on first
-    use) or any object with ``score(problems, solutions) -> list[list[float]]``; the problem is
-    the ``question`` column when present, else the prompt's last user message. A completion with
-    no steps gets 0.0."""
+    wrong solutions. ``prm`` is any object with ``score(problems, solutions) -> list[list[float]]``,
+    or a PRM checkpoint path together with ``scorer_factory`` (called with the path on first use,
+    e.g. ``stages.prm_lib.scorer.PRMScorer``: the stage that uses the reward passes it in, so
+    ``rewards`` never imports a stage). The problem is the ``question`` column when present, else
+    the prompt's last user message. A completion with no steps gets 0.0."""
 
     name = "prm_bonus"
 
@@ -383,6 +384,7 @@ class PRMBonus(RewardFunc):
         self,
         *,
         prm: Any,
+        scorer_factory: Callable[[str], Any] | None = None,
         aggregation: str = "min",
         weight: float = 1.0,
         only_correct: bool = True,
@@ -397,7 +399,11 @@ class PRMBonus(RewardFunc):
             raise ValueError(f"prm_bonus: aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
         if prm is None:
             raise ValueError("prm_bonus needs prm: a PRM checkpoint path or an object with .score()")
+        if isinstance(prm, str | Path) and scorer_factory is None:
+            raise ValueError("prm_bonus: a PRM checkpoint path needs scorer_factory (the PRM scorer class that "
+                             "loads it, e.g. stages.prm_lib.scorer.PRMScorer)")
         self._prm = prm
+        self.scorer_factory = scorer_factory
         self._scorer: Any = None if isinstance(prm, str | Path) else prm
         self.aggregate = AGGREGATIONS[aggregation]
         self.aggregation, self.weight, self.only_correct = aggregation, weight, only_correct
@@ -413,9 +419,7 @@ class PRMBonus(RewardFunc):
     @property
     def scorer(self) -> Any:
         if self._scorer is None:
-            from stages.prm import PRMScorer  # noqa: PLC0415 - loads a model; only when a path is given
-
-            self._scorer = PRMScorer(str(self._prm))
+            self._scorer = self.scorer_factory(str(self._prm))
         return self._scorer
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Rewards:

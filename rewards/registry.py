@@ -8,7 +8,8 @@ A recipe names its rewards and their options in YAML, for example::
       brevity: {coef: 0.0002}
       prm_bonus: {prm: runs/x/prm/latest, aggregation: min, weight: 0.5}
 
-and the stage calls ``get_reward_funcs(names, **reward_options, sandbox=..., tokenizer=...)``.
+and the stage calls ``get_reward_funcs(names, **reward_options, sandbox=..., tokenizer=...,
+scorer_factory=...)`` (the PRM scorer class, which ``rewards`` does not import).
 A keyword named like a listed reward holds that reward's own options; any other keyword is a
 shared option given to every listed reward that takes it (``sandbox``, ``tokenizer``, ``mode``,
 ``gold_column``, ``memo`` may always be passed). Any other option that no listed reward takes is
@@ -44,7 +45,7 @@ REWARDS: dict[str, type[RewardFunc]] = {
 REWARDS["format"] = PotFormat  # the name for it
 
 # Options a stage may pass whatever rewards a recipe lists; they are not errors when unused.
-SHARED_OPTIONS = frozenset({"sandbox", "tokenizer", "mode", "gold_column", "memo"})
+SHARED_OPTIONS = frozenset({"sandbox", "tokenizer", "mode", "gold_column", "memo", "scorer_factory"})
 
 
 def _resolve(name: str) -> Any:

@@ -75,8 +75,8 @@ def test_runner_end_to_end_offline(base: Path, monkeypatch):
 
 @pytest.mark.slow
 def test_greedy_pot_agrees_with_evaluate_pot(base: Path):
-    from stages.common.generation import evaluate_pot
     from stages.common.modeling import load_causal_lm, load_tokenizer
+    from stages.harness.policy import Policy, evaluate_pot
 
     n = 12
     folder = runner.main(["--model", str(base), "--eval_sets", "arith:test:500", "--limit", str(n), "--task", "pot",
@@ -86,7 +86,7 @@ def test_greedy_pot_agrees_with_evaluate_pot(base: Path):
 
     tok = load_tokenizer(str(base))
     model = load_causal_lm(str(base), None, dtype="float32")
-    metrics, details = evaluate_pot(model, tok, list(problems_of("arith:test:500")[:n]), max_new_tokens=24,
+    metrics, details = evaluate_pot(Policy(model, tok), list(problems_of("arith:test:500")[:n]), max_new_tokens=24,
                                     batch_size=5)
     assert [d["completion"] for d in details] == [r["completion"] for r in rows]
     assert [d["status"] for d in details] == [r["status"] for r in rows]
@@ -95,11 +95,11 @@ def test_greedy_pot_agrees_with_evaluate_pot(base: Path):
 
 
 def test_repair_and_prm_fail_clearly_before_generating(base: Path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "stages.revise", None)  # import fails like a missing module
-    with pytest.raises(SystemExit, match=r"--repair needs the revise stage.*stages\.revise\.repair\(model"):
+    monkeypatch.setitem(sys.modules, "stages.revise_lib", None)  # import fails like a missing module
+    with pytest.raises(SystemExit, match=r"--repair needs the revise stage.*stages\.revise_lib\.repair\.repair\(model"):
         runner.main(["--model", str(base), "--eval_sets", "arith:test:3", "--repair", "2"])
-    monkeypatch.setitem(sys.modules, "stages.prm", None)
-    with pytest.raises(SystemExit, match=r"--prm needs the PRM stage.*PRMScorer\(checkpoint\)\.score"):
+    # a policy checkpoint given as the PRM: refused before any model loads, naming the missing file
+    with pytest.raises(SystemExit, match=r"--prm .*is not a PRM checkpoint: .*prm_config\.json is missing"):
         runner.main(["--model", str(base), "--eval_sets", "arith:test:3", "--samples", "2", "--prm", str(base)])
     with pytest.raises(SystemExit, match="needs --samples K with K >= 2"):
         runner.main(["--model", str(base), "--eval_sets", "arith:test:3", "--prm", str(base)])

@@ -11,18 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from stages.common.checkpoint import CheckpointError, checkpoint_key, open_stage
+from stages.common.checkpoint import CheckpointError, checkpoint_key, open_stage, resolve_policy
 from stages.common.config import ConfigError
-from stages.common.data import DataFormatError
-from stages.common.rl import (
-    RLStageArguments,
-    load_rl_problems,
-    parse_reward_options,
-    resolve_policy,
-    resolve_prm,
-    to_grpo_rows,
-    zero_spread_shares,
-)
+from stages.common.data import DataFormatError, load_gold_problems
+from stages.prm_lib.scorer import PRMScorer
+from stages.rl_lib.stage import RLStageArguments, parse_reward_options, resolve_prm, to_grpo_rows
+from stages.rl_lib.trainer import zero_spread_shares
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,13 +31,13 @@ def test_problem_without_gold_is_an_error_naming_file_and_line(tmp_path):
     path = _problems_file(tmp_path, [{"id": "a", "question": "1+1?", "answer": "2"},
                                      {"id": "b", "question": "2+2?", "answer": "  "}])
     with pytest.raises(DataFormatError) as e:
-        load_rl_problems([str(path)], seed=0)
+        load_gold_problems([str(path)], seed=0, needed_by="GRPO")
     msg = str(e.value)
     assert "problems.jsonl" in msg and "2" in msg and "answer" in msg
 
 
 def test_problem_rows_carry_prompt_gold_and_question():
-    problems = load_rl_problems(["arith:train:5"], seed=0)
+    problems = load_gold_problems(["arith:train:5"], seed=0, needed_by="GRPO")
     rows = to_grpo_rows(problems)
     assert len(rows) == 5
     assert rows[0]["prompt"][-1] == {"role": "user", "content": problems[0]["question"]}
@@ -100,16 +94,35 @@ def test_prm_bonus_errors(tmp_path, args):
         resolve_prm(_args(**args), ["pot_correctness", "prm_bonus"], None, {}, tmp_path)
 
 
-def test_existing_prm_checkpoint_is_wired_into_the_bonus(tmp_path, monkeypatch):
+class _FakeScorer:
+    """A PRM scorer class as the launch modules pass one in: ``check(path)`` and ``(path).score``."""
+
+    checked: list = []
+
+    @classmethod
+    def check(cls, path):
+        cls.checked.append(path)
+
+
+def test_existing_prm_checkpoint_is_wired_into_the_bonus(tmp_path):
     prm_dir = tmp_path / "prm_model"
     prm_dir.mkdir()
     (prm_dir / "config.json").write_text("{}")
-    monkeypatch.setitem(sys.modules, "stages.prm", types.SimpleNamespace(PRMScorer=object))
     options: dict = {}
     names, _, prm = resolve_prm(_args(prm_checkpoint=str(prm_dir)), ["pot_correctness", "prm_bonus"], None, options,
-                                tmp_path)
+                                tmp_path, scorer_factory=_FakeScorer)
     assert names == ["pot_correctness", "prm_bonus"]
     assert prm == str(prm_dir.resolve()) and options["prm_bonus"]["prm"] == prm
+    assert _FakeScorer.checked[-1] == prm
+
+
+def test_a_folder_that_is_not_a_prm_checkpoint_is_refused_before_training(tmp_path):
+    policy_dir = tmp_path / "policy"  # a model folder, but no prm_config.json
+    policy_dir.mkdir()
+    (policy_dir / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="prm_config.json"):
+        resolve_prm(_args(prm_checkpoint=str(policy_dir)), ["pot_correctness", "prm_bonus"], None, {}, tmp_path,
+                    scorer_factory=PRMScorer)
 
 
 def _fake_checkpoint(run_dir: Path, stage: str, with_model: bool = True) -> None:

@@ -10,7 +10,7 @@ from fractions import Fraction
 
 import pytest
 
-from stages.common.gsm8k_pot import canonical_number, convert, evaluate, parse_equations
+from stages.synth_lib.gsm8k_pot import canonical_number, convert, evaluate, parse_equations
 
 
 def run(program: str) -> str:

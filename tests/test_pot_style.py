@@ -1,4 +1,4 @@
-"""PoT style rewrites (stages.common.pot_style) and the synth stage's concise_fraction."""
+"""PoT style rewrites (stages.synth_lib.pot_style) and the synth stage's concise_fraction."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import io
 import json
 
 from stages.common.arith import generate_problems
-from stages.common.pot_style import add_step_comments, chosen_for_rewrite, inline_single_use
+from stages.synth_lib.pot_style import add_step_comments, chosen_for_rewrite, inline_single_use
 
 
 def _run(program: str) -> str:
@@ -117,7 +117,7 @@ def test_comments_go_with_the_statement_they_describe():
 
 
 def test_explanation_follows_the_program_and_changes_no_output():
-    from stages.common.pot_style import EXPLANATIONS, add_explanation
+    from stages.synth_lib.pot_style import EXPLANATIONS, add_explanation
 
     program = generate_problems(1, split="train", seed=4)[0]["program"]
     verbose = add_explanation(program, "id-1")

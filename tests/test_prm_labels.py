@@ -57,7 +57,7 @@ def test_mc_skip_correct_rolls_out_only_wrong_solutions():
 
 
 def test_mined_solutions_caps_correct_per_wrong():
-    from stages.prm_lib.pipeline import mined_solutions
+    from stages.prm_lib.labelling import mined_solutions
 
     samples = []
     for pid, n_right in (("a", 8), ("b", 6), ("c", 7)):
@@ -100,13 +100,13 @@ class _Judge:
     name = "test-judge"
 
     def __init__(self):
-        from stages.common.teachers import Usage
+        from stages.common.chat import Usage
 
         self.usage = Usage()
         self.calls = 0
 
     def complete(self, requests, on_response=None):
-        from stages.common.teachers import ChatResponse
+        from stages.common.chat import ChatResponse
 
         out = []
         for req in requests:
@@ -123,7 +123,7 @@ class _Judge:
 
 
 def test_judge_labels_through_the_response_cache(tmp_path):
-    from stages.common.teachers import ResponseCache
+    from stages.common.chat import ResponseCache
 
     judge = _Judge()
     cache = ResponseCache(tmp_path / "cache.jsonl")

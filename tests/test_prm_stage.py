@@ -44,7 +44,8 @@ def _recipe(tmp_path: Path, **over) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["token_classification", "implicit_lora"])
 def test_imported_labels_train_a_prm_that_finds_the_wrong_step(tmp_path, kind):
-    from stages.prm import PRMScorer, main
+    from stages.prm import main
+    from stages.prm_lib.scorer import PRMScorer
 
     data = tmp_path / "steps.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in _stepwise_rows(120)))

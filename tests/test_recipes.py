@@ -16,10 +16,10 @@ def _types(stage: str):
     from trl import GRPOConfig, ModelConfig, SFTConfig
 
     from eval.gsm8k import EvalArguments
-    from stages.common.rl import RLStageArguments
-    from stages.prm import PRMStageArguments
+    from stages.prm_lib.stage import PRMStageArguments
+    from stages.rl_lib.stage import RLStageArguments
     from stages.sft import SFTStageArguments
-    from stages.synth import SynthArguments
+    from stages.synth_lib.synthesize import SynthArguments
 
     return {"synth": (SynthArguments,), "sft": (SFTStageArguments, SFTConfig, ModelConfig),
             "prm": (PRMStageArguments, TrainingArguments, ModelConfig),

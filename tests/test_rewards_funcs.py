@@ -234,9 +234,22 @@ def test_prm_bonus_without_correctness_gate_and_with_unparseable_gold() -> None:
     assert g(["Q", "Q"], SOLUTIONS[:2], answer=["6", " "]) == [pytest.approx(0.9), None]
 
 
+class _PathScorer(StepScorer):
+    """A PRM scorer class as a stage passes one in: built from a checkpoint path."""
+
+    loaded: list = []
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.loaded.append(path)
+
+
 def test_prm_bonus_loads_a_checkpoint_lazily() -> None:
-    f = PRMBonus(prm="runs/nowhere/prm/latest")  # nothing is loaded until the first call
-    assert f.aggregation == "min" and f._scorer is None
+    f = PRMBonus(prm="runs/nowhere/prm/latest", scorer_factory=_PathScorer)  # nothing is loaded until first use
+    assert f.aggregation == "min" and f._scorer is None and _PathScorer.loaded == []
+    assert isinstance(f.scorer, _PathScorer) and _PathScorer.loaded == ["runs/nowhere/prm/latest"]
+    with pytest.raises(ValueError, match="scorer_factory"):  # rewards never import a stage to load a path
+        PRMBonus(prm="runs/nowhere/prm/latest")
     with pytest.raises(ValueError, match="aggregation"):
         PRMBonus(prm=StepScorer(), aggregation="max")
     assert problem_text("plain prompt") == "plain prompt"
@@ -283,7 +296,7 @@ def test_reward_functions_pickle() -> None:
     import pickle  # noqa: PLC0415
 
     funcs = get_reward_funcs(["cot_correctness", "brevity", "prm_bonus", "kimi_length"], mode="cot",
-                             prm_bonus={"prm": "runs/nowhere/prm/latest"})
+                             prm_bonus={"prm": "runs/nowhere/prm/latest"}, scorer_factory=_PathScorer)
     copies = pickle.loads(pickle.dumps(funcs))
     assert [f.__name__ for f in copies] == [f.__name__ for f in funcs]
     assert copies[0](["p"], ["#### 3"], answer=["3"]) == [1.0]

@@ -97,20 +97,20 @@ def test_openai_teacher_through_the_stage(monkeypatch, tmp_path, capfd, caplog):
         assert endpoint.total == 0 and not (tmp_path / "runs").exists()
 
         # a crash after the teacher answered (here: in verification) leaves the cache behind
-        import rewards
+        from stages.synth_lib import synthesize
 
-        real = rewards.score_pot
+        real = synthesize.score_pot
 
         def boom(*a, **k):
             raise RuntimeError("simulated crash")
 
-        monkeypatch.setattr(rewards, "score_pot", boom)
+        monkeypatch.setattr(synthesize, "score_pot", boom)
         with pytest.raises(RuntimeError, match="simulated crash"):
             run_stage(tmp_path, **fields)
         paid = endpoint.total
         cache = tmp_path / "runs" / "r" / "synth" / "cache" / "openai.jsonl"
         assert paid >= 6 and len(cache.read_text().splitlines()) == 10  # failures are not cached
-        monkeypatch.setattr(rewards, "score_pot", real)
+        monkeypatch.setattr(synthesize, "score_pot", real)
 
         out = run_stage(tmp_path, **fields)  # resumes the .partial build
         assert out.name == "v1"
@@ -190,7 +190,7 @@ def test_tiny_recipe_feeds_sft(tmp_path):
     student's tokenizer, skipped on rerun, read by SFT through @synth."""
     from stages.common.checkpoint import stage_ref
     from stages.common.modeling import load_tokenizer
-    from stages.sft import load_sft_rows
+    from stages.harness.supervised import load_solution_rows
 
     argv = ["--config", str(REPO / "recipes/tiny/synth.yaml"), "--problems", "arith:train:300",
             "--run", "r", "--runs_dir", str(tmp_path / "runs")]
@@ -202,5 +202,5 @@ def test_tiny_recipe_feeds_sft(tmp_path):
     tok = load_tokenizer(manifest["parent"]["path"])
     assert rows[0]["n_tokens"] == len(tok(rows[0]["completion"], add_special_tokens=False)["input_ids"])
     assert main(argv) == out  # complete: skipped
-    sft_rows = load_sft_rows([stage_ref("@synth", tmp_path / "runs" / "r")], seed=0)
+    sft_rows = load_solution_rows([stage_ref("@synth", tmp_path / "runs" / "r")], seed=0)
     assert len(sft_rows) == 300 and sft_rows[0]["completion"] == rows[0]["completion"]

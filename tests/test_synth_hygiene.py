@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stages.common.hygiene import (
+from stages.synth_lib.hygiene import (
     Decontaminator,
     decontaminate,
     dedup_problems,
@@ -57,7 +57,8 @@ def test_program_key_ignores_names_comments_and_spacing_only():
 
 @pytest.mark.slow
 def test_local_teacher_samples_in_batches_and_caches(tmp_path, tiny_base):
-    from stages.common.teachers import ChatTeacher, LocalChat, ResponseCache
+    from stages.common.chat import LocalChat, ResponseCache
+    from stages.synth_lib.teachers import ChatTeacher
 
     model = str(tiny_base)  # a stage checkpoint of the embedded model
     problems = [{"id": f"p{i}", "question": f"Ava has {i} apples. How many?", "answer": str(i)} for i in range(3)]

@@ -13,14 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from stages.common.data import DataFormatError
-from stages.common.teachers import (
-    ChatRequest,
-    ChatTeacher,
-    OpenAIChat,
-    ResponseCache,
-    TeacherError,
-    complete_cached,
-)
+from stages.common.chat import ChatConfigError, ChatRequest, OpenAIChat, ResponseCache, complete_cached
+from stages.synth_lib.teachers import ChatTeacher
 
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"
 
@@ -201,7 +195,7 @@ def test_endpoint_that_ignores_n_is_asked_for_the_rest(endpoint):
 
 def test_missing_api_key_names_the_variable(monkeypatch):
     monkeypatch.delenv("MF_NO_SUCH_KEY", raising=False)
-    with pytest.raises(TeacherError, match=r"\$MF_NO_SUCH_KEY"):
+    with pytest.raises(ChatConfigError, match=r"\$MF_NO_SUCH_KEY"):
         OpenAIChat("m", api_key_env="MF_NO_SUCH_KEY")
     monkeypatch.setenv("MF_NO_SUCH_KEY", SECRET)
     assert SECRET not in repr(OpenAIChat("m", api_key_env="MF_NO_SUCH_KEY"))

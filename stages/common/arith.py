@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stages.common.pot import SYSTEM_PROMPT, format_completion
+
 SPLITS = ("train", "test")
 LEVELS = (1, 2, 3, 4)
 TEST_PERCENT = 20  # share of the expression space that belongs to the test split
@@ -425,8 +427,6 @@ def corpus_text(n: int = 3000, seed: int = 0) -> str:
     """Text to train the tokenizer on: the task's questions and completions inside the ChatML
     layout that the chat template produces, with the system prompt, so that the tokenizer
     spends its vocabulary on exactly what the model reads and writes."""
-    from stages.common.pot import SYSTEM_PROMPT, format_completion
-
     parts = []
     for row in generate_problems(n, "train", seed, levels=LEVELS):
         parts.append(

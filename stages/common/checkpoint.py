@@ -6,6 +6,12 @@ folder without a complete manifest is never a checkpoint. A rerun whose parent, 
 hash the same as a complete version skips the stage; an interrupted run finds its ``.partial``
 folder by the same key and resumes from the last trainer checkpoint inside it.
 
+The manifest lists every file of the version with its size and sha256; a parent whose files are
+missing or changed is refused, naming the file, before any model loads. One build of a stage runs
+at a time: :func:`open_stage` takes an exclusive lock on the stage folder (``<stage>/.lock``,
+released when the process ends, even by ``kill -9``), so a second process building the same stage
+of the same run waits for the first and then finds its version complete.
+
 Only the main process of a multi-process launch touches the file system; the other ranks wait
 for it and then find the same folder.
 """
@@ -13,6 +19,7 @@ for it and then find the same folder.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
@@ -20,7 +27,10 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,10 @@ MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 PLAN = "plan.json"  # the identity of a .partial build: what it would become
 TRAINER_DIR = "trainer"
+LOCK = ".lock"
+# Stages whose checkpoints hold a policy, newest in pipeline order first (``@latest_policy``).
+POLICY_STAGES = ("dpo", "revise", "evolve", "grpo", "sft")
+LATEST_POLICY = "@latest_policy"
 _VERSION_RE = re.compile(r"^v(\d+)(\.partial)?$")
 _PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "lighteval", "math-verify",
              "sympy", "deepspeed", "vllm", "flash-attn", "bitsandbytes", "liger-kernel")
@@ -56,8 +70,6 @@ def now_iso() -> str:
 
 
 def package_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
     out = {"python": platform.python_version()}
     for name in _PACKAGES:
         try:
@@ -131,6 +143,36 @@ class Parent:
         return out
 
 
+def file_inventory(folder: str | os.PathLike) -> list[dict]:
+    """Every file under ``folder`` (recursively, symlinks followed) with its size and sha256,
+    sorted by relative path; the manifest itself is left out."""
+    folder = Path(folder)
+    out = []
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.relative_to(folder).as_posix() != MANIFEST:
+            out.append({"path": f.relative_to(folder).as_posix(), "bytes": f.stat().st_size, "sha256": sha256_file(f)})
+    return out
+
+
+def verify_files(folder: str | os.PathLike, manifest: dict, *, what: str = "checkpoint") -> None:
+    """Check that every file the manifest lists is there with its size and hash; a missing or
+    changed file is a :class:`CheckpointError` naming it. Manifests written before the inventory
+    existed (no ``files``) are accepted as they are."""
+    folder = Path(folder)
+    for entry in manifest.get("files") or []:
+        f = folder / entry["path"]
+        if not f.is_file():
+            raise CheckpointError(f"{what}: {f} is missing (listed in {folder / MANIFEST}); the checkpoint is "
+                                  f"damaged: rebuild it (remove {folder} and rerun its stage)")
+        size = f.stat().st_size
+        if size != entry["bytes"]:
+            raise CheckpointError(f"{what}: {f} has {size} bytes, its manifest says {entry['bytes']}; the checkpoint "
+                                  f"is damaged or was edited: rebuild it (remove {folder} and rerun its stage)")
+        if entry.get("sha256") and sha256_file(f) != entry["sha256"]:
+            raise CheckpointError(f"{what}: {f} does not match the sha256 in its manifest; the checkpoint is damaged "
+                                  f"or was edited: rebuild it (remove {folder} and rerun its stage)")
+
+
 def stage_ref(spec: str, run_dir: str | Path) -> str:
     """``@<stage>`` is that stage's folder in this run (whose ``latest`` is its newest
     checkpoint); any other spec (a file, folder, hub id or data source) is returned as it is."""
@@ -153,6 +195,7 @@ def resolve_parent(spec: str) -> Parent:
                     f"is not 'complete' (an interrupted stage?). Rerun the stage that writes it, or point at "
                     f"a complete version."
                 )
+            verify_files(p, manifest, what=f"parent '{spec}'")
             return Parent(spec, str(p.resolve()), "checkpoint", manifest, sha256_file(p / MANIFEST))
         if p.name.endswith(".partial"):
             raise CheckpointError(f"parent '{spec}' is an unfinished build (.partial); it is not a checkpoint")
@@ -170,6 +213,25 @@ def resolve_parent(spec: str) -> Parent:
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not spec.startswith(("runs/", "./", "../")):
         return Parent(spec, spec, "hub")
     raise CheckpointError(f"parent '{spec}' does not exist (not a local folder, and not a hub id like org/name)")
+
+
+def resolve_policy(spec: str, run_dir: str | Path) -> str:
+    """``@latest_policy``: the newest complete policy checkpoint of this run (dpo, revise, evolve,
+    grpo, sft, in that order of preference); any other spec is returned as it is."""
+    if spec != LATEST_POLICY:
+        return spec
+    for stage in POLICY_STAGES:
+        folder = Path(run_dir) / stage
+        if not folder.is_dir():
+            continue
+        try:
+            parent = resolve_parent(str(folder))
+        except CheckpointError:
+            continue
+        if (Path(parent.path) / "config.json").exists() or (Path(parent.path) / "adapter_config.json").exists():
+            return str(folder)
+    raise CheckpointError(f"{LATEST_POLICY}: run '{run_dir}' has no complete policy checkpoint (looked for "
+                          f"{', '.join(POLICY_STAGES)})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,19 +270,22 @@ class StageCheckpoint:
     def trainer_dir(self) -> Path:
         return self.partial_dir / TRAINER_DIR
 
-    def last_trainer_checkpoint(self) -> str | None:
-        """The newest ``checkpoint-<step>`` inside the .partial folder, to resume from."""
-        if not self.trainer_dir.is_dir():
+    def last_trainer_checkpoint(self, subdir: str | None = None) -> str | None:
+        """The newest ``checkpoint-<step>`` inside the .partial folder's trainer folder (or its
+        ``subdir``, one training round of several), to resume from."""
+        folder = self.trainer_dir / subdir if subdir else self.trainer_dir
+        if not folder.is_dir():
             return None
         steps = []
-        for c in self.trainer_dir.glob("checkpoint-*"):
+        for c in folder.glob("checkpoint-*"):
             m = re.fullmatch(r"checkpoint-(\d+)", c.name)
             # transformers writes trainer_state.json last: a checkpoint is usable once it parses
             if m and _is_json(c / "trainer_state.json"):
                 steps.append((int(m.group(1)), c))
         return str(max(steps)[1]) if steps else None
 
-    def manifest(self, *, metrics: dict | None = None, extra: dict | None = None) -> dict:
+    def manifest(self, *, metrics: dict | None = None, extra: dict | None = None,
+                 files: list[dict] | None = None) -> dict:
         return {
             "stage": self.stage,
             "version": self.version,
@@ -233,6 +298,7 @@ class StageCheckpoint:
             "started_at": self.started_at,
             "finished_at": now_iso(),
             "metrics": metrics or {},
+            "files": files or [],
             **(extra or {}),
         }
 
@@ -242,8 +308,9 @@ class StageCheckpoint:
             return self.final_dir
         shutil.rmtree(self.trainer_dir, ignore_errors=True)  # intermediate trainer checkpoints
         write_json(self.partial_dir / METRICS, metrics or {})
-        write_json(self.partial_dir / MANIFEST, self.manifest(metrics=metrics, extra=extra))
         (self.partial_dir / PLAN).unlink(missing_ok=True)
+        files = file_inventory(self.partial_dir)
+        write_json(self.partial_dir / MANIFEST, self.manifest(metrics=metrics, extra=extra, files=files))
         os.replace(self.partial_dir, self.final_dir)
         _point_latest(self.stage_dir, self.final_dir.name)
         self.status = "done"
@@ -285,12 +352,70 @@ def _same_build(a: dict, b: dict) -> bool:
     return ident(a) == ident(b)
 
 
+class StageLock:
+    """An exclusive lock on a stage folder: one build of a stage of a run at a time.
+
+    ``fcntl.flock`` on ``<stage>/.lock``: the kernel releases it when the holder exits, however it
+    exits, so a lock is never stale. A second process waits (saying who holds the lock) for at
+    most ``timeout_s`` seconds (None: as long as it takes), then raises :class:`CheckpointError`."""
+
+    def __init__(self, stage_dir: str | os.PathLike, *, timeout_s: float | None = None, label: str = ""):
+        self.path = Path(stage_dir) / LOCK
+        self.timeout_s, self.label = timeout_s, label or Path(stage_dir).name
+        self._fh = None
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
+    def acquire(self) -> StageLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[{self.label}] waiting: {self.holder()} is building this stage of this run ({self.path})",
+                  file=sys.stderr, flush=True)
+            deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if deadline is not None and time.monotonic() > deadline:
+                        holder = self.holder()
+                        fh.close()
+                        raise CheckpointError(f"{self.path}: {holder} still holds the build lock after "
+                                              f"{self.timeout_s:.0f}s; wait for it or stop it") from None
+                    time.sleep(0.5)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {platform.node()} since {now_iso()} ({' '.join(sys.argv)[:200]})\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the descriptor drops the flock
+            self._fh = None
+
+    def __enter__(self) -> StageLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 def open_stage(run_dir: str | os.PathLike, stage: str, key: dict, *, is_main: bool = True) -> StageCheckpoint:
     """Find or create the build of ``stage`` identified by ``key``.
 
-    Returns status ``done`` when a complete version with the same key exists (the stage skips),
-    ``resume`` when an interrupted .partial build with the same key exists, else ``new`` with a
-    fresh ``v<N>.partial`` folder (created by the main process only)."""
+    Returns status ``done`` when a complete version with the same key exists (the stage skips;
+    its files are verified against its manifest), ``resume`` when an interrupted .partial build
+    with the same key exists, else ``new`` with a fresh ``v<N>.partial`` folder (created by the
+    main process only). The caller holds the stage's :class:`StageLock` around this and the build."""
     run_dir = Path(run_dir)
     stage_dir = run_dir / stage
     found_partial: int | None = None
@@ -312,6 +437,7 @@ def open_stage(run_dir: str | os.PathLike, stage: str, key: dict, *, is_main: bo
             else:
                 manifest = read_manifest(p)
                 if manifest and _same_build(manifest, key):
+                    verify_files(p, manifest, what=f"{stage} v{v} (complete, same parent, config and data)")
                     return StageCheckpoint(run_dir, stage, v, key, "done")
     if found_partial is not None:
         return StageCheckpoint(run_dir, stage, found_partial, key, "resume")

@@ -14,9 +14,12 @@ import dataclasses
 import enum
 import re
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 # Fields that change where or how a run is logged, never what it computes: left out of the hash.
 NON_SEMANTIC_FIELDS = frozenset({
@@ -48,7 +51,7 @@ def _key_line(path: Path, key: str) -> int | None:
 
 def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = None, *, prog: str | None = None):
     """Parse ``--config recipe.yaml`` and CLI overrides into instances of ``dataclass_types``."""
-    from trl import TrlParser  # noqa: PLC0415 - keep `import stages.common` light
+    from trl import TrlParser  # deferred: keep `import stages.common` light
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = TrlParser(list(dataclass_types), prog=prog)
@@ -73,8 +76,6 @@ def parse_config(dataclass_types: Sequence[type], argv: Sequence[str] | None = N
 
 
 def _check_recipe_keys(path: Path, dataclass_types: Sequence[type]) -> dict:
-    import yaml  # noqa: PLC0415
-
     if not path.is_file():
         raise ConfigError(f"recipe '{path}' does not exist")
     try:
@@ -116,10 +117,6 @@ def _load_recipe(path: Path, dataclass_types: Sequence[type], seen: tuple[Path, 
 
 
 def _write_merged(merged: dict, chain: tuple[Path, ...]) -> str:
-    import tempfile  # noqa: PLC0415
-
-    import yaml  # noqa: PLC0415
-
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="recipe-", delete=False) as f:
         f.write(f"# merged from {' <- '.join(map(str, chain))}\n")
         yaml.safe_dump(merged, f, sort_keys=False)

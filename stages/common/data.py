@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from stages.common import arith
+
 # field -> (accepted types, required)
 Schema = dict[str, tuple[tuple[type, ...], bool]]
 
@@ -183,7 +185,7 @@ def load_gsm8k(split: str) -> list[dict]:
         path = local / f"{split}.jsonl"
         raw = [(lineno, r) for lineno, r in iter_jsonl(path)]
     else:
-        import datasets  # noqa: PLC0415 - only when no local copy exists
+        import datasets  # deferred: only when no local copy exists
 
         ds = datasets.load_dataset("openai/gsm8k", "main", split=split)
         path = Path(f"hf://openai/gsm8k/{split}")
@@ -211,7 +213,6 @@ def load_problems(source: str, *, seed: int = 0) -> list[dict]:
     """
     kind, _, rest = source.partition(":")
     if kind == "arith" and rest:
-        from stages.common import arith  # noqa: PLC0415
 
         parts = rest.split(":")
         n = int(parts[1]) if len(parts) > 1 and parts[1] else 500
@@ -232,3 +233,22 @@ def load_problems(source: str, *, seed: int = 0) -> list[dict]:
         rows.append(validate_row(r, PROBLEM, source, lineno))
     return rows
 
+
+
+def load_gold_problems(sources: list[str], *, seed: int, needed_by: str) -> list[dict]:
+    """Problems of every source for a stage that checks answers (``needed_by`` names it in the
+    error); a problem without a gold answer is an error naming its source and line, as is a set
+    with no problem at all."""
+    problems: list[dict] = []
+    for src in sources:
+        rows = load_problems(src, seed=seed)
+        for lineno, row in enumerate(rows, start=1):
+            gold = row.get("answer")
+            if not isinstance(gold, str) or not gold.strip():
+                # load_problems validates jsonl rows already; this guards the other sources too
+                raise DataFormatError(src, lineno, "answer", f"problem has no gold answer; {needed_by} needs one")
+        problems += rows
+    if not problems:
+        raise DataFormatError(",".join(sources) or "train_data", None, None,
+                              f"holds no problem; {needed_by} needs problems with gold answers")
+    return problems

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from stages.common.checkpoint import Parent, checkpoint_key, open_stage, resolve_parent, stage_ref
+from stages.common.checkpoint import Parent, StageLock, checkpoint_key, open_stage, resolve_parent, stage_ref
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +29,21 @@ def materialize_parent(spec: str, run_dir: str | Path, *, is_main: bool = True, 
         return resolve_parent(stage_ref(spec, run_dir))
     if spec != TINY:
         return resolve_parent(spec)
-    from stages.common import tiny  # noqa: PLC0415
+    from stages.common import tiny  # deferred: imports torch and transformers
 
     key = checkpoint_key(config={"builder": "tiny", "sizes": tiny.DEFAULT_SIZES, "seed": seed}, parent=None,
                          inputs=[], seed=seed)
-    ckpt = open_stage(run_dir, "base", key, is_main=is_main and not dry_run)
-    if dry_run and ckpt.status != "done":
-        return Parent(spec, str(ckpt.final_dir), "tiny (would be built)")
-    if ckpt.status != "done" and is_main:
-        tiny.build_tiny_checkpoint(ckpt.partial_dir / "model", seed=seed, **tiny.DEFAULT_SIZES)
-        _move_model_files(ckpt.partial_dir / "model", ckpt.partial_dir)
-        ckpt.finalize(metrics={}, extra={"note": "embedded tiny Qwen2 model and byte-level BPE tokenizer"})
+    if dry_run:
+        ckpt = open_stage(run_dir, "base", key, is_main=False)
+        if ckpt.status != "done":
+            return Parent(spec, str(ckpt.final_dir), "tiny (would be built)")
+    elif is_main:
+        with StageLock(Path(run_dir) / "base", label="base"):  # two stages starting at once build it once
+            ckpt = open_stage(run_dir, "base", key, is_main=True)
+            if ckpt.status != "done":
+                tiny.build_tiny_checkpoint(ckpt.partial_dir / "model", seed=seed, **tiny.DEFAULT_SIZES)
+                _move_model_files(ckpt.partial_dir / "model", ckpt.partial_dir)
+                ckpt.finalize(metrics={}, extra={"note": "embedded tiny Qwen2 model and byte-level BPE tokenizer"})
     _wait_for_main()  # every rank passes this barrier once, the main process after building
     if not is_main:
         ckpt = open_stage(run_dir, "base", key, is_main=False)
@@ -53,7 +57,7 @@ def _move_model_files(src: Path, dst: Path) -> None:
 
 
 def _wait_for_main() -> None:
-    from accelerate import PartialState  # noqa: PLC0415
+    from accelerate import PartialState  # deferred: heavy import
 
     state = PartialState()
     if state.num_processes > 1:
@@ -62,7 +66,7 @@ def _wait_for_main() -> None:
 
 def load_tokenizer(path: str, *, padding_side: str = "left", revision: str | None = None):
     """The parent's tokenizer, with a pad token (generation pads on the left)."""
-    from transformers import AutoTokenizer  # noqa: PLC0415
+    from transformers import AutoTokenizer  # deferred: heavy import
 
     tok = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=False)
     if tok.pad_token is None:
@@ -73,8 +77,8 @@ def load_tokenizer(path: str, *, padding_side: str = "left", revision: str | Non
 
 def model_kwargs(model_args: Any, *, device_map: Any = None) -> dict:
     """from_pretrained keyword arguments from a ``trl.ModelConfig`` (dtype, attention, quantization)."""
-    import torch  # noqa: PLC0415
-    from trl.trainer.utils import get_quantization_config  # noqa: PLC0415
+    import torch  # deferred: heavy import
+    from trl.trainer.utils import get_quantization_config  # deferred: heavy import
 
     dtype = getattr(model_args, "dtype", None) or "auto"
     if dtype not in ("auto", None):
@@ -85,7 +89,7 @@ def model_kwargs(model_args: Any, *, device_map: Any = None) -> dict:
         kwargs["attn_implementation"] = model_args.attn_implementation
     quant = get_quantization_config(model_args)
     if quant is not None:
-        from accelerate import PartialState  # noqa: PLC0415
+        from accelerate import PartialState  # deferred: heavy import
 
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = {"": PartialState().local_process_index}
@@ -97,12 +101,12 @@ def model_kwargs(model_args: Any, *, device_map: Any = None) -> dict:
 def load_causal_lm(path: str, model_args: Any = None, **overrides):
     """A causal LM from a hub id, folder or checkpoint; a PEFT adapter folder is loaded on its base
     model and merged, so that later stages always start from plain weights."""
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+    from transformers import AutoModelForCausalLM  # deferred: heavy import
 
     kwargs = model_kwargs(model_args) if model_args is not None else {"dtype": "auto"}
     kwargs.update(overrides)
     if (Path(path) / "adapter_config.json").exists() and not (Path(path) / "config.json").exists():
-        from peft import AutoPeftModelForCausalLM  # noqa: PLC0415
+        from peft import AutoPeftModelForCausalLM  # deferred: heavy import
 
         return AutoPeftModelForCausalLM.from_pretrained(path, **kwargs).merge_and_unload()
     return AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -110,7 +114,7 @@ def load_causal_lm(path: str, model_args: Any = None, **overrides):
 
 def peft_config(model_args: Any, task_type: str | None = None):
     """LoRA config from ``ModelConfig`` (``use_peft``), or None."""
-    from trl.trainer.utils import get_peft_config  # noqa: PLC0415
+    from trl.trainer.utils import get_peft_config  # deferred: heavy import
 
     cfg = get_peft_config(model_args)
     if cfg is not None and task_type is not None:

@@ -27,6 +27,8 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
+from stages.common.arith import corpus_text
+
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -164,8 +166,6 @@ def build_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0, **sizes: in
         if found != spec:
             raise FileExistsError(f"{out} holds a tiny model built with {found}, not {spec}")
         return out
-
-    from stages.common.arith import corpus_text
 
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted build

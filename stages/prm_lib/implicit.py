@@ -30,7 +30,7 @@ REFERENCE_DIR = "reference"  # the frozen reference model inside an implicit PRM
 
 def token_logps(lm_logits, input_ids):
     """``out[:, t]`` = log p(token t | tokens < t); ``out[:, 0]`` = 0."""
-    import torch  # noqa: PLC0415
+    import torch  # deferred: heavy import
 
     lp = torch.log_softmax(lm_logits[:, :-1].float(), -1).gather(-1, input_ids[:, 1:, None])[..., 0]
     return torch.cat([torch.zeros_like(lp[:, :1]), lp], dim=1)
@@ -52,7 +52,7 @@ def completion_logps(model, input_ids, attention_mask, completion_start):
     LM head runs only on the positions needed (``logits_to_keep``, which transformers' causal LMs
     take): about half of a scored sequence is prompt, and the head is a quarter of the tiny
     model's cost."""
-    import torch  # noqa: PLC0415
+    import torch  # deferred: heavy import
 
     width = input_ids.shape[1]
     first = max(1, min(int(completion_start.min()), width - 1))
@@ -70,7 +70,7 @@ def shared_prompt_logps(model, prompts: list[list[int]], completions: list[list[
     through the model left-padded and their key/value cache is copied to the sequences that share
     them (the samples of a GRPO group or a best-of-N draw share one prompt, and the prompt is about
     half of each sequence)."""
-    import torch  # noqa: PLC0415
+    import torch  # deferred: heavy import
 
     device = next(model.parameters()).device
     width_p = max(len(p) for p in prompts)
@@ -103,7 +103,7 @@ def shared_prompt_logps(model, prompts: list[list[int]], completions: list[list[
 def q_logits(policy_logps, reference_logps, completion_start, attention_mask, beta: float):
     """Token-classification-style logits ``[B, L, 2]`` = ``[0, q_t]``: ``q_t`` is beta times the
     log-ratio summed over completion tokens ``completion_start[b] <= s <= t``."""
-    import torch  # noqa: PLC0415
+    import torch  # deferred: heavy import
 
     positions = torch.arange(policy_logps.shape[1], device=policy_logps.device)[None, :]
     mask = (positions >= completion_start[:, None].to(positions.device)) & attention_mask.bool()
@@ -144,7 +144,7 @@ class ImplicitHead:
         completion offsets of its steps' last tokens; each distinct prompt runs once per model
         (:func:`shared_prompt_logps`). Equal to :meth:`score_logits` on the concatenated sequences
         up to float rounding (tested)."""
-        import torch  # noqa: PLC0415
+        import torch  # deferred: heavy import
 
         distinct: dict[tuple[int, ...], int] = {}
         group = [distinct.setdefault(tuple(p), len(distinct)) for p in prompts]
@@ -165,7 +165,7 @@ class ImplicitHead:
         return self.reference
 
     def _q(self, policy_lp, batch: dict[str, Any]):
-        import torch  # noqa: PLC0415
+        import torch  # deferred: heavy import
 
         ids, mask, starts = batch["input_ids"], batch["attention_mask"], _starts(batch)
         with torch.no_grad():

@@ -19,7 +19,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rewards import score_pot
+from stages.common.chat import ChatRequest, complete_cached
 from stages.common.data import STEPWISE, DataFormatError, iter_jsonl, validate_row
+from stages.common.generation import chat_prompts, generate
 from stages.common.pot import format_completion
 from stages.common.steps import split_solution
 
@@ -70,8 +73,6 @@ def policy_rollout(model, tokenizer, *, max_new_tokens: int = 128, temperature: 
                    seed: int = 0) -> Rollout:
     """``(questions, open completions, k) -> k continuations each``, sampled from an HF policy in
     batches (the chat prompt, then the open completion as the start of the assistant turn)."""
-    from stages.common.generation import chat_prompts, generate  # noqa: PLC0415
-
     def run(questions: list[str], prefixes: list[str], k: int) -> list[list[str]]:
         heads = chat_prompts(tokenizer, questions)
         return generate(model, tokenizer, [h + p for h, p in zip(heads, prefixes, strict=True)],
@@ -92,8 +93,6 @@ def mc_labels(rollout: Rollout, items: Sequence[MCItem], *, k: int = 4, skip_cor
     needs them. With it, such prefixes get hard label True and soft label 1.0 (use it with hard
     labels only), and the rollout budget goes to the wrong solutions, where the labels are
     informative."""
-    from rewards import score_pot  # noqa: PLC0415
-
     jobs = [(n, i) for n, it in enumerate(items) if not (skip_correct and it.correct) for i in range(1, len(it.steps))]
     prefixes = [prefix_completion(items[n].steps[:i]) for n, i in jobs]
     outs = rollout([items[n].question for n, _ in jobs], prefixes, k) if jobs else []
@@ -141,8 +140,6 @@ def judge_labels(chat_model, cache, items: Sequence[tuple[str, str, list[str]]],
     """Step verdicts of ``(item id, question, steps)`` items from a ChatModel (``OpenAIChat`` or
     ``LocalChat``), through the synth stage's ``ResponseCache`` (no response is paid twice).
     None where the judge failed or left a step without a verdict."""
-    from stages.common.teachers import ChatRequest, complete_cached  # noqa: PLC0415
-
     reqs = [(item_id, ChatRequest.of(item_id, judge_messages(q, steps), n=1, temperature=0.0,
                                      max_tokens=max_tokens, seed=seed), [0]) for item_id, q, steps in items]
     texts = {s.item_id: s.text for s in complete_cached(chat_model, cache, reqs)}

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from stages.common.generation import wilson_interval
+from stages.common.stats import wilson_interval
 
 AGGREGATIONS = {"min": min, "product": math.prod, "last": lambda xs: xs[-1]}
 
@@ -17,7 +17,11 @@ AGGREGATIONS = {"min": min, "product": math.prod, "last": lambda xs: xs[-1]}
 def step_metrics(correct: Sequence[bool], probs: Sequence[float], threshold: float = 0.5) -> dict[str, Any]:
     """Accuracy, per-class and weighted precision / recall / F1, ROC-AUC of step predictions
     (scikit-learn's implementations)."""
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score  # noqa: PLC0415
+    from sklearn.metrics import (  # deferred: heavy import
+        accuracy_score,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
 
     y = [int(c) for c in correct]
     pred = [int(p >= threshold) for p in probs]

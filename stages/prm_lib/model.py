@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.common.generation import chat_prompts
+from stages.common.modeling import model_kwargs
 
 PRM_CONFIG = "prm_config.json"
 LABEL_MODES = ("hard", "soft", "three")
@@ -140,9 +141,8 @@ def step_probabilities(logits, mode: str):
 
 def load_token_classifier(path: str, num_labels: int, model_args: Any = None):
     """Any ``AutoModelForTokenClassification`` backbone (a causal LM checkpoint gets a new head)."""
-    from transformers import AutoModelForTokenClassification  # noqa: PLC0415
+    from transformers import AutoModelForTokenClassification  # deferred: heavy import
 
-    from stages.common.modeling import model_kwargs  # noqa: PLC0415
 
     kwargs = model_kwargs(model_args) if model_args is not None else {}
     model = AutoModelForTokenClassification.from_pretrained(path, num_labels=num_labels, **kwargs)

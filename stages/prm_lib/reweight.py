@@ -14,7 +14,9 @@ gradient flows back through the inner step. Weights stay positive and average 1.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from stages.prm_lib.trainer import PRMCollator, prm_loss
@@ -26,7 +28,7 @@ class DreamPRMReweighter:
     def __init__(self, groups: Sequence[int], n_groups: int, meta_feats: Sequence[dict], *, pad_token_id: int,
                  label_mode: str, inner_lr: float, meta_lr: float = 0.1, meta_batch_size: int = 16,
                  class_weights: Sequence[float] | None = None, seed: int = 0, step_head=None):
-        import torch  # noqa: PLC0415
+        import torch  # deferred: heavy import
 
         if not meta_feats:
             raise ValueError("DreamPRM reweighting needs a non-empty meta set")
@@ -41,20 +43,20 @@ class DreamPRMReweighter:
         self.step_head = step_head  # the implicit PRM's ImplicitHead; None: the logits are step logits
 
     def weights(self):
-        import torch  # noqa: PLC0415
+        import torch  # deferred: heavy import
 
         return len(self.log_w) * torch.softmax(self.log_w, 0)
 
     def _meta_batch(self) -> dict:
-        import torch  # noqa: PLC0415
+        import torch  # deferred: heavy import
 
         idx = torch.randperm(len(self.meta_feats), generator=self.gen)[: self.meta_batch_size].tolist()
         return self.collate([self.meta_feats[i] for i in idx])
 
     def step(self, batch: dict, model) -> Any:
         """Update the weights on this batch and return the batch's (detached) row weights."""
-        import torch  # noqa: PLC0415
-        from torch.func import functional_call  # noqa: PLC0415
+        import torch  # deferred: heavy import
+        from torch.func import functional_call  # deferred: heavy import
 
         device = batch["input_ids"].device
         model = getattr(model, "module", model)  # the DDP-wrapped model runs functionally as its module
@@ -62,7 +64,7 @@ class DreamPRMReweighter:
         log_w = self.log_w.clone().to(device).requires_grad_(True)
         rows = self.groups[batch["index"].cpu()].to(device)
         w = (len(log_w) * torch.softmax(log_w, 0))[rows]
-        from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: PLC0415
+        from torch.nn.attention import SDPBackend, sdpa_kernel  # deferred: heavy import
 
         # the look-ahead differentiates twice; of the SDPA kernels only the math one supports that
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
@@ -92,13 +94,10 @@ class DreamPRMReweighter:
 
 def save_weights(reweighter: DreamPRMReweighter, names: Sequence[str], folder, mode: str) -> dict:
     """``reweight_weights.json`` and a plot (``reweight_weights.png``) of the learned weights."""
-    import json  # noqa: PLC0415
-    from pathlib import Path  # noqa: PLC0415
-
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # deferred: heavy import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # deferred: heavy import
 
     w = [float(x) for x in reweighter.weights()]
     obj = {"mode": mode, "weights": dict(zip(names, w, strict=True)), "meta_loss": reweighter.history}

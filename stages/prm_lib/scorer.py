@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from stages.common.checkpoint import CheckpointError
+from stages.common.modeling import load_causal_lm, load_tokenizer
 from stages.common.steps import split_solution
-from stages.prm_lib.implicit import supports_prompt_sharing
+from stages.prm_lib.implicit import REFERENCE_DIR, ImplicitHead, supports_prompt_sharing
 from stages.prm_lib.model import (
+    PRM_CONFIG,
     EncodingConfig,
     completion_start,
     encode_solution,
@@ -25,7 +28,7 @@ from stages.prm_lib.model import (
 
 def collate_ids(batch: Sequence[list[int]], pad_id: int):
     """Right-padded input ids and attention mask tensors."""
-    import torch  # noqa: PLC0415
+    import torch  # deferred: heavy import
 
     width = max(len(x) for x in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -42,23 +45,47 @@ class PRMScorer:
 
     CACHE_ENTRIES = 100_000
 
-    def __init__(self, checkpoint: str | Path, *, batch_size: int = 64, device: str | None = None, model=None,
-                 tokenizer=None, config: EncodingConfig | None = None, reference=None):
-        import torch  # noqa: PLC0415
-
-        from stages.common.modeling import load_tokenizer  # noqa: PLC0415
-
+    @staticmethod
+    def checkpoint_folder(checkpoint: str | Path) -> Path:
+        """A stage folder's ``latest`` version, or the folder itself."""
         path = Path(checkpoint)
         if (path / "latest").exists() and not (path / "config.json").exists():
             path = (path / "latest").resolve()
+        return path
+
+    @classmethod
+    def check(cls, checkpoint: str | Path) -> Path:
+        """Check, without loading a model, that ``checkpoint`` is a PRM checkpoint this scorer can
+        load; a :class:`~stages.common.checkpoint.CheckpointError` names what is wrong."""
+        path = cls.checkpoint_folder(checkpoint)
+        if not path.is_dir():
+            raise CheckpointError(f"PRM checkpoint '{checkpoint}' does not exist")
+        if not (path / PRM_CONFIG).is_file():
+            raise CheckpointError(f"'{checkpoint}' is not a PRM checkpoint: {path / PRM_CONFIG} is missing (a PRM "
+                                  f"checkpoint is written by the prm stage)")
+        try:
+            config = EncodingConfig.load(path)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{path / PRM_CONFIG}: not a valid PRM config: {e}") from e
+        if config.prm_type == "implicit" and not (path / REFERENCE_DIR / "config.json").is_file():
+            raise CheckpointError(f"{path / REFERENCE_DIR}: missing; an implicit PRM checkpoint keeps its reference "
+                                  "model there")
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"'{checkpoint}' is not a PRM checkpoint: {path / 'config.json'} is missing")
+        return path
+
+    def __init__(self, checkpoint: str | Path, *, batch_size: int = 64, device: str | None = None, model=None,
+                 tokenizer=None, config: EncodingConfig | None = None, reference=None):
+        import torch  # deferred: heavy import
+
+
+        path = self.checkpoint_folder(checkpoint)
         self.path = path
         self.config = config or EncodingConfig.load(path)
         self.tokenizer = tokenizer or load_tokenizer(str(path), padding_side="right")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.head = None
         if self.config.prm_type == "implicit":
-            from stages.common.modeling import load_causal_lm  # noqa: PLC0415
-            from stages.prm_lib.implicit import REFERENCE_DIR, ImplicitHead  # noqa: PLC0415
 
             if reference is None:
                 if not (path / REFERENCE_DIR / "config.json").is_file():
@@ -80,7 +107,7 @@ class PRMScorer:
 
     def score_steps(self, problems: Sequence[str], steps: Sequence[list[str]]) -> list[list[float]]:
         """Scores of already-split steps (what training sees)."""
-        import torch  # noqa: PLC0415
+        import torch  # deferred: heavy import
 
         if len(problems) != len(steps):
             raise ValueError(f"PRMScorer: {len(problems)} problems for {len(steps)} solutions")

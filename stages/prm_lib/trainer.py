@@ -45,7 +45,7 @@ class PRMCollator:
         self.pad = pad_token_id
 
     def __call__(self, feats: Sequence[dict]) -> dict[str, Any]:
-        import torch  # noqa: PLC0415
+        import torch  # deferred: heavy import
 
         width = max(len(f["input_ids"]) for f in feats)
         n = len(feats)
@@ -66,7 +66,7 @@ class PRMCollator:
 def prm_loss(logits, labels, mode: str, *, class_weights: Sequence[float] | None = None, instance_weights=None):
     """Mean step loss over labelled positions; ``instance_weights`` (one per row) scale each
     row's steps (DreamPRM's weights enter the training loss here)."""
-    import torch  # noqa: PLC0415
+    import torch  # deferred: heavy import
     import torch.nn.functional as F  # noqa: N812, PLC0415
 
     mask = labels != IGNORE

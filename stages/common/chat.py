@@ -1,28 +1,23 @@
-"""Teachers: where candidate solutions come from, and the chat-model interface behind them.
+"""Chat clients: chat requests in, sampled texts out, shared by the synth stage's teachers and the
+PRM stage's LLM judge.
 
-Two layers:
+- :class:`ChatModel` is the interface; :class:`OpenAIChat` talks to any OpenAI-compatible
+  chat-completions endpoint (bounded concurrency, exponential back-off with full jitter on 429,
+  5xx, timeouts, connection errors and malformed bodies, ``Retry-After`` honoured, a per-request
+  deadline, token and cost accounting); :class:`LocalChat` samples an HF causal LM in batches with
+  transformers (``stages.common.generation``), or vLLM when it is installed and a GPU is present.
+- :class:`ResponseCache` and :func:`complete_cached`: every paid response is appended to a jsonl
+  cache (fsynced) as it arrives, keyed by item id, model, prompt hash and sample index, so a rerun
+  after a crash or Ctrl-C pays for nothing twice.
 
-- :class:`ChatModel` (chat requests in, sampled texts out) with two implementations,
-  :class:`OpenAIChat` (any OpenAI-compatible chat-completions endpoint: bounded concurrency,
-  exponential back-off with full jitter on 429, 5xx, timeouts, connection errors and malformed
-  bodies, ``Retry-After`` honoured, a per-request deadline, token and cost accounting) and
-  :class:`LocalChat` (an HF causal LM sampled in batches with transformers, or vLLM when it is
-  installed and a GPU is present). The PRM stage's LLM judge reuses this layer, with
-  :class:`ResponseCache` and :func:`complete_cached`.
-- Teachers (:class:`Teacher`) turn problems into candidate PoT completions for the synth stage:
-  :class:`ChatTeacher` (a ChatModel prompted with the shared PoT prompt), and two offline ones,
-  :class:`GSM8KAnnotationTeacher` (``stages.common.gsm8k_pot``) and :class:`ReferenceTeacher`
-  (the embedded arithmetic task's reference programs).
-
-Every paid response is appended to a :class:`ResponseCache` file (jsonl, fsynced) as it arrives,
-keyed by item id, model, prompt hash and sample index, so a rerun after a crash or Ctrl-C pays
-for nothing twice. API keys are read from the environment variable the recipe names and are
-never stored on any object that is serialised, logged or written.
+API keys are read from the environment variable the recipe names and are never stored on any
+object that is serialised, logged or written.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -35,14 +30,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from stages.common.checkpoint import resolve_parent
+from stages.common.config import ConfigError
 from stages.common.data import DataFormatError
-from stages.common.pot import SYSTEM_PROMPT, build_messages, format_completion
+from stages.common.generation import generate
+from stages.common.modeling import load_causal_lm, load_tokenizer
 
-log = logging.getLogger("mathforge.teachers")
+log = logging.getLogger("mathforge.chat")
 
 
-class TeacherError(RuntimeError):
-    """A teacher that cannot run as configured (missing API key, model, ...)."""
+class ChatConfigError(ConfigError):
+    """A chat client that cannot run as configured (missing API key, model name, backend...)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,11 +130,11 @@ class OpenAIChat:
                  price_input_per_mtok: float = 0.0, price_output_per_mtok: float = 0.0,
                  seed: int | None = None):
         if not model:
-            raise TeacherError("the openai teacher needs a model name (openai_model)")
+            raise ChatConfigError("the openai client needs a model name (openai_model / judge_model)")
         key = os.environ.get(api_key_env, "")
         if not key:
-            raise TeacherError(f"the openai teacher reads its API key from ${api_key_env}, which is not set")
-        import openai  # noqa: PLC0415
+            raise ChatConfigError(f"the openai client reads its API key from ${api_key_env}, which is not set")
+        import openai  # deferred: heavy import
 
         for name in ("httpx", "httpx2"):  # one INFO line per HTTP request otherwise
             logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
@@ -303,9 +301,9 @@ class LocalChat:
     def __init__(self, model: str, *, batch_size: int = 16, backend: str = "auto", seed: int = 0,
                  dtype: str = "auto"):
         if not model:
-            raise TeacherError("the local teacher needs a model (local_model: a hub id, folder or checkpoint)")
+            raise ChatConfigError("the local chat model needs a model (local_model / judge_model: a hub id, folder or checkpoint)")
         if backend not in ("auto", "transformers", "vllm"):
-            raise TeacherError(f"local_backend must be auto, transformers or vllm, not {backend!r}")
+            raise ChatConfigError(f"local_backend must be auto, transformers or vllm, not {backend!r}")
         self.name = f"local:{model}"
         self.model_spec, self.batch_size, self.seed, self.dtype = model, batch_size, seed, dtype
         self.backend = backend
@@ -315,15 +313,12 @@ class LocalChat:
     def _resolved_backend(self) -> str:
         if self.backend != "auto":
             return self.backend
-        import importlib.util  # noqa: PLC0415
 
-        import torch  # noqa: PLC0415
+        import torch  # deferred: heavy import
 
         return "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "transformers"
 
     def _path(self) -> str:
-        from stages.common.checkpoint import resolve_parent  # noqa: PLC0415
-
         return resolve_parent(self.model_spec).path
 
     def complete(self, requests: Sequence[ChatRequest],
@@ -337,14 +332,11 @@ class LocalChat:
             self.usage.wall_s += time.perf_counter() - t0
 
     def _complete_hf(self, requests, on_response) -> list[ChatResponse]:
-        from stages.common.generation import generate  # noqa: PLC0415
-        from stages.common.modeling import load_causal_lm, load_tokenizer  # noqa: PLC0415
-
         if self._model is None:
             path = self._path()
             self._tokenizer = load_tokenizer(path, padding_side="left")
             self._model = load_causal_lm(path, dtype=self.dtype)
-            import torch  # noqa: PLC0415
+            import torch  # deferred: heavy import
 
             if torch.cuda.is_available():
                 self._model.to("cuda")
@@ -379,7 +371,7 @@ class LocalChat:
 
     def _complete_vllm(self, requests, on_response) -> list[ChatResponse]:
         # Exercised only where vLLM is installed (the [vllm] extra, on a GPU machine).
-        from vllm import LLM, SamplingParams  # noqa: PLC0415
+        from vllm import LLM, SamplingParams  # deferred: heavy import
 
         if self._llm is None:
             self._llm = LLM(model=self._path(), seed=self.seed, dtype=self.dtype)
@@ -519,131 +511,3 @@ def complete_cached(model: ChatModel, cache: ResponseCache,
 
     model.complete(todo, on_response=store)
     yield from fresh
-
-
-# ---------------------------------------------------------------------------------------------
-# Teachers for the synth stage
-
-
-@dataclass
-class Candidate:
-    """One candidate solution of a problem (``completion`` None when the teacher gave nothing;
-    ``error`` says why)."""
-
-    problem_id: str
-    sample: int
-    completion: str | None
-    source: str
-    error: str | None = None
-    cached: bool = False
-
-
-class Teacher(Protocol):
-    name: str
-    deterministic: bool  # the same sample every time: one round is enough
-
-    def propose(self, problems: Sequence[dict], samples: Sequence[int]) -> Iterator[Candidate]:
-        """Candidates ``samples`` (indices) of each problem."""
-        ...
-
-    def metrics(self) -> dict[str, Any]:
-        ...
-
-
-class ReferenceTeacher:
-    """The embedded arithmetic task's reference programs (problems from ``arith:...`` carry a
-    ``program``); the tiny recipe's teacher. Verified in the sandbox like every other teacher."""
-
-    name = "reference"
-    deterministic = True
-
-    def propose(self, problems: Sequence[dict], samples: Sequence[int]) -> Iterator[Candidate]:
-        for p in problems:
-            program = p.get("program")
-            if not isinstance(program, str) or not program.strip():
-                yield Candidate(p["id"], samples[0], None, self.name, "no reference program")
-            else:
-                yield Candidate(p["id"], samples[0], format_completion(program), self.name)
-
-    def metrics(self) -> dict[str, Any]:
-        return {}
-
-
-class GSM8KAnnotationTeacher:
-    """GSM8K's calculator-annotated worked solutions turned into PoT programs with real data flow
-    (``stages.common.gsm8k_pot``); needs the ``solution`` field that ``gsm8k:`` sources carry."""
-
-    name = "gsm8k-annotations"
-    deterministic = True
-
-    def __init__(self) -> None:
-        self.links = 0
-        self.steps = 0
-        self.converted = 0
-
-    def propose(self, problems: Sequence[dict], samples: Sequence[int]) -> Iterator[Candidate]:
-        from stages.common.gsm8k_pot import convert  # noqa: PLC0415
-
-        for p in problems:
-            solution = p.get("solution")
-            if not isinstance(solution, str):
-                yield Candidate(p["id"], samples[0], None, self.name, "no worked solution (solution field)")
-                continue
-            conv = convert(p["question"], solution, p["answer"])
-            if conv.program is None:
-                yield Candidate(p["id"], samples[0], None, self.name, f"not convertible: {conv.reason}")
-                continue
-            self.converted += 1
-            self.links += conv.links
-            self.steps += conv.steps
-            yield Candidate(p["id"], samples[0], format_completion(conv.program), self.name)
-
-    def metrics(self) -> dict[str, Any]:
-        return {"converted": self.converted, "program_steps": self.steps, "data_flow_links": self.links}
-
-
-class ChatTeacher:
-    """A chat model asked for PoT solutions with the shared prompt (system message plus optional
-    few-shot examples); every response goes through the cache."""
-
-    deterministic = False
-
-    def __init__(self, model: ChatModel, cache: ResponseCache, *, few_shot: Sequence[tuple[str, str]] = (),
-                 system_prompt: str | None = SYSTEM_PROMPT, temperature: float = 0.7, max_tokens: int = 512,
-                 seed: int = 0):
-        self.model, self.cache = model, cache
-        self.name = model.name
-        self.few_shot, self.system_prompt = list(few_shot), system_prompt
-        self.temperature, self.max_tokens, self.seed = temperature, max_tokens, seed
-        self.cache_hits = 0
-        self.new_samples = 0
-        self.failed_samples = 0
-
-    def request(self, problem: dict, n: int = 1) -> ChatRequest:
-        messages = build_messages(problem["question"], self.few_shot, self.system_prompt)
-        return ChatRequest.of(problem["id"], messages, n=n, temperature=self.temperature,
-                              max_tokens=self.max_tokens, seed=self.seed)
-
-    def pending(self, problems: Sequence[dict], samples: Sequence[int]) -> int:
-        """How many samples would be requested (not in the cache): the dry run's count."""
-        count = 0
-        for p in problems:
-            phash = prompt_hash(self.request(p))
-            count += sum(self.cache.get(p["id"], self.name, phash, s) is None for s in samples)
-        return count
-
-    def propose(self, problems: Sequence[dict], samples: Sequence[int]) -> Iterator[Candidate]:
-        items = [(p["id"], self.request(p), list(samples)) for p in problems]
-        for s in complete_cached(self.model, self.cache, items):
-            if s.cached:
-                self.cache_hits += 1
-            elif s.text is None:
-                self.failed_samples += 1
-            else:
-                self.new_samples += 1
-            error = None if s.text is not None else f"teacher_error: {s.error}"
-            yield Candidate(s.item_id, s.sample, s.text, self.name, error, s.cached)
-
-    def metrics(self) -> dict[str, Any]:
-        return {"cache_hits": self.cache_hits, "new_samples": self.new_samples,
-                "failed_samples": self.failed_samples, "usage": self.model.usage.to_json()}

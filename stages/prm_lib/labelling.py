@@ -1,5 +1,6 @@
-"""The PRM stage's steps between parsing and finalising: sample policy solutions, label their
-steps (MC rollouts, LLM judge or imported files), train, evaluate. ``stages/prm.py`` stays thin."""
+"""PRM labelling and evaluation: choose policy solutions by mistake mining, label their steps
+(Math-Shepherd MC rollouts, an LLM judge, perturbed pairs, or imported files), and measure a PRM
+(step metrics, first-error F1, best-of-N)."""
 
 from __future__ import annotations
 
@@ -12,29 +13,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rewards import score_pot
+from stages.common.chat import ChatConfigError, ChatRequest, LocalChat, OpenAIChat, complete_cached
 from stages.common.checkpoint import stage_ref
-from stages.common.data import DataFormatError
+from stages.common.data import DataFormatError, read_jsonl
+from stages.common.pot import build_messages
 from stages.common.steps import split_solution
-from stages.prm_lib import labels as L
+from stages.prm_lib import labels
+from stages.prm_lib.metrics import best_of_n, first_error_metrics, step_metrics
 from stages.prm_lib.model import CLASS_NAMES, EncodingConfig
 
 log = logging.getLogger("mathforge.prm")
 
 
-def sample_solutions(model, tokenizer, problems: Sequence[dict], *, n: int, temperature: float, max_new_tokens: int,
-                     batch_size: int, seed: int) -> list[dict]:
-    """``n`` sampled PoT solutions per problem, checked in the sandbox: Verified-like rows."""
-    from rewards import score_pot  # noqa: PLC0415
-    from stages.common.generation import chat_prompts, generate  # noqa: PLC0415
-
-    outs = generate(model, tokenizer, chat_prompts(tokenizer, [p["question"] for p in problems]),
-                    max_new_tokens=max_new_tokens, batch_size=batch_size, num_return_sequences=n,
-                    temperature=temperature, seed=seed)
-    flat = [(p, c) for p, cs in zip(problems, outs, strict=True) for c in cs]
-    scores = score_pot([c for _, c in flat], [p["answer"] for p, _ in flat])
-    return [{"id": p["id"], "question": p["question"], "answer": p["answer"], "completion": c,
-             "executed_answer": s.answer, "correct": bool(s.correct), "domain": domain_of(p)}
-            for (p, c), s in zip(flat, scores, strict=True)]
+def with_domains(samples: list[dict], problems: Sequence[dict]) -> list[dict]:
+    """Samples (``stages.harness.policy.sample_solutions`` rows) with their problem's reweighting
+    domain, and without those whose gold could not be read (``correct`` None): no label can be
+    trusted there."""
+    domain = {p["id"]: domain_of(p) for p in problems}
+    return [{**s, "domain": domain[s["id"]]} for s in samples if s["correct"] is not None]
 
 
 def domain_of(problem: dict) -> str:
@@ -53,8 +50,8 @@ def mined_solutions(samples: list[dict], *, low: float, high: float, limit: int,
     ``max_correct_per_wrong``: keep at most this many correct solutions per wrong one (in mining
     order). A policy that is right 90% of the time otherwise fills the budget with solutions
     whose every step is positive, and the classifier sees too few errors to learn them."""
-    rates = L.solve_rates([s["id"] for s in samples], [s["correct"] for s in samples])
-    order = L.mine_mistakes(rates, low, high)
+    rates = labels.solve_rates([s["id"] for s in samples], [s["correct"] for s in samples])
+    order = labels.mine_mistakes(rates, low, high)
     by_id: dict[str, list[dict]] = {}
     for s in samples:
         by_id.setdefault(s["id"], []).append(s)
@@ -83,11 +80,11 @@ def mined_solutions(samples: list[dict], *, low: float, high: float, limit: int,
                     "samples": len(samples), "wrong_samples": sum(not s["correct"] for s in samples)}
 
 
-def mc_rows(policy, tokenizer, solutions: Sequence[dict], args: Any, seed: int) -> list[dict]:
-    items = [L.MCItem(s["question"], s["answer"], split_solution(s["completion"]), s["correct"]) for s in solutions]
-    rollout = L.policy_rollout(policy, tokenizer, max_new_tokens=args.gen_max_new_tokens,
+def mc_rows(policy: Any, solutions: Sequence[dict], args: Any, seed: int) -> list[dict]:
+    items = [labels.MCItem(s["question"], s["answer"], split_solution(s["completion"]), s["correct"]) for s in solutions]
+    rollout = labels.policy_rollout(policy.model, policy.tokenizer, max_new_tokens=args.gen_max_new_tokens,
                                temperature=args.rollout_temperature, batch_size=args.gen_batch_size, seed=seed)
-    rows = L.mc_labels(rollout, items, k=args.mc_rollouts, skip_correct=args.mc_skip_correct)
+    rows = labels.mc_labels(rollout, items, k=args.mc_rollouts, skip_correct=args.mc_skip_correct)
     for r, s in zip(rows, solutions, strict=True):
         r["id"], r["solution_correct"], r["domain"] = s["id"], s["correct"], s.get("domain", "default")
     return rows
@@ -99,8 +96,6 @@ def perturbed_rows(samples: Sequence[dict], limit: int, seed: int, exclude: Sequ
     give a different answer (that step and the rest wrong). MC rollouts find few errors when the
     policy is usually right; a pair shows the classifier one error next to the same solution
     without it, at no rollout cost. ``exclude``: solutions already labelled otherwise."""
-    from rewards import score_pot  # noqa: PLC0415
-
     rng = random.Random(seed)
     taken = {(s["id"], s["completion"]) for s in exclude}
     pool, seen = [], set()
@@ -115,10 +110,10 @@ def perturbed_rows(samples: Sequence[dict], limit: int, seed: int, exclude: Sequ
         if len(made) >= 2 * limit:  # some perturbations keep the answer; draw spares
             break
         steps = split_solution(s["completion"])
-        changed = L.perturb_solution(steps, rng) if steps else None
+        changed = labels.perturb_solution(steps, rng) if steps else None
         if changed is not None:
             made.append((s, steps, *changed))
-    texts = [L.prefix_completion(bad) + "```" for _, _, bad, _ in made]
+    texts = [labels.prefix_completion(bad) + "```" for _, _, bad, _ in made]
     scores = score_pot(texts, [s["answer"] for s, *_ in made]) if made else []
     rows: list[dict] = []
     for (s, steps, bad, first), score in zip(made, scores, strict=True):
@@ -133,32 +128,31 @@ def perturbed_rows(samples: Sequence[dict], limit: int, seed: int, exclude: Sequ
 
 
 def judge_model(args: Any, run_dir: Path):
-    from stages.common import teachers as T  # noqa: PLC0415
-
+    """The judge's chat client (``stages.common.chat``, shared with the synth stage's teachers)."""
     if args.judge == "openai":
         if not args.judge_model:
-            raise T.TeacherError("the openai judge needs judge_model")
-        return T.OpenAIChat(args.judge_model, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
-                            seed=args.seed_judge)
+            raise ChatConfigError("the openai judge needs judge_model")
+        return OpenAIChat(args.judge_model, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
+                          seed=args.seed_judge)
     spec = args.judge_model or ""
     if not spec:
-        raise T.TeacherError("the local judge needs judge_model (a folder, checkpoint, hub id or @<stage>)")
-    return T.LocalChat(stage_ref(spec, run_dir), batch_size=args.gen_batch_size, seed=args.seed_judge)
+        raise ChatConfigError("the local judge needs judge_model (a folder, checkpoint, hub id or @<stage>)")
+    return LocalChat(stage_ref(spec, run_dir), batch_size=args.gen_batch_size, seed=args.seed_judge)
 
 
 def judge_rows(chat, cache, solutions: Sequence[dict], transform: str) -> tuple[list[dict], int]:
     """Stepwise rows from the judge's verdicts (transformed by HE or SE); returns (rows, failed)."""
     items = [(f"{s['id']}#{i}", s["question"], split_solution(s["completion"])) for i, s in enumerate(solutions)]
-    verdicts = L.judge_labels(chat, cache, items)
+    verdicts = labels.judge_labels(chat, cache, items)
     rows, failed = [], 0
     for s, (_, q, steps), v in zip(solutions, items, verdicts, strict=True):
         if v is None:
             failed += 1
             continue
         if transform == "he":
-            lab: list = L.rewards_to_labels(L.he_rewards(v, s["correct"]))
+            lab: list = labels.rewards_to_labels(labels.he_rewards(v, s["correct"]))
         elif transform == "se":
-            lab = L.rewards_to_labels(L.se_rewards(v))
+            lab = labels.rewards_to_labels(labels.se_rewards(v))
         else:
             lab = list(v)
         rows.append({"prompt": q, "completions": steps, "labels": lab, "id": s["id"],
@@ -168,10 +162,6 @@ def judge_rows(chat, cache, solutions: Sequence[dict], transform: str) -> tuple[
 
 def teacher_solutions(chat, cache, problems: Sequence[dict], n: int, max_tokens: int) -> list[dict]:
     """The judge's own PoT solutions (the teacher generates and scores), checked in the sandbox."""
-    from rewards import score_pot  # noqa: PLC0415
-    from stages.common.pot import build_messages  # noqa: PLC0415
-    from stages.common.teachers import ChatRequest, complete_cached  # noqa: PLC0415
-
     reqs = [(f"gen:{p['id']}", ChatRequest.of(f"gen:{p['id']}", build_messages(p["question"]), n=n,
                                               temperature=0.8, max_tokens=max_tokens), list(range(n)))
             for p in problems]
@@ -183,22 +173,20 @@ def teacher_solutions(chat, cache, problems: Sequence[dict], n: int, max_tokens:
 
 
 def imported_rows(files: Sequence[str], fmt: str, *, prm800k_mode: str, label_map: dict | None) -> list[dict]:
-    if fmt not in L.IMPORTERS and fmt != "stepwise":
-        raise ValueError(f"import_format must be stepwise or one of {sorted(L.IMPORTERS)}, got {fmt!r}")
+    if fmt not in labels.IMPORTERS and fmt != "stepwise":
+        raise ValueError(f"import_format must be stepwise or one of {sorted(labels.IMPORTERS)}, got {fmt!r}")
     rows: list[dict] = []
     for f in files:
         if fmt == "prm800k":
-            rows += L.import_prm800k(f, prm800k_mode)
+            rows += labels.import_prm800k(f, prm800k_mode)
         elif fmt == "text_label":
             if not label_map:
                 raise DataFormatError(f, None, "import_label_map", "text_label rows need a label map (JSON object)")
-            rows += L.import_text_label(f, label_map)
+            rows += labels.import_text_label(f, label_map)
         elif fmt == "stepwise":
-            from stages.common.data import read_jsonl  # noqa: PLC0415
-
             rows += read_jsonl(f, "stepwise")
         else:
-            rows += L.IMPORTERS[fmt](f)
+            rows += labels.IMPORTERS[fmt](f)
     return rows
 
 
@@ -218,8 +206,6 @@ def step_correct(label: Any, threshold: float) -> bool:
 
 
 def evaluate_steps(scorer, rows: Sequence[dict], threshold: float) -> dict:
-    from stages.prm_lib.metrics import first_error_metrics, step_metrics  # noqa: PLC0415
-
     probs = scorer.score_steps([r["prompt"] for r in rows], [list(r["completions"]) for r in rows])
     gold = [[step_correct(x, threshold) for x in r["labels"]] for r in rows]
     flat_gold = [g for gs in gold for g in gs]
@@ -228,8 +214,6 @@ def evaluate_steps(scorer, rows: Sequence[dict], threshold: float) -> dict:
 
 
 def evaluate_best_of_n(scorer, samples: Sequence[dict], n: int, seed: int) -> tuple[dict, list[dict]]:
-    from stages.prm_lib.metrics import best_of_n  # noqa: PLC0415
-
     scores = scorer.score([s["question"] for s in samples], [s["completion"] for s in samples])
     groups: dict[str, list[dict]] = {}
     details = []

@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from stages.common.data import load_problems
+
 _ANNOTATION_RE = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 _NUMBER = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 _NUMBER_RE = re.compile(_NUMBER)
@@ -347,8 +349,6 @@ def convert(question: str, solution: str, gold: str) -> Conversion:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from stages.common.data import load_problems  # noqa: PLC0415
-
     ap = argparse.ArgumentParser(prog="stages.common.gsm8k_pot", description=__doc__.split("\n\n")[0])
     ap.add_argument("source", help="a GSM8K jsonl (raw rows with '#### answer') or gsm8k:<split>")
     ap.add_argument("--show", type=int, default=0, help="print this many programs")

@@ -1,0 +1,1 @@
+"""The RL stages' library (grpo, length_rl): arguments, rewards wiring and the timed GRPO trainer."""
