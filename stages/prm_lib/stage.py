@@ -135,6 +135,17 @@ def prepare(configs: StageConfigs) -> StagePlan:
                            "needs_policy": bool(needs_policy)}, seed=cfg.seed)
 
 
+def _policy_samples(args: PRMStageArguments, policy: Policy, problems: list[dict], seed: int) -> list[dict]:
+    return labelling.with_domains(sample_solutions(
+        policy, problems, n=args.samples_per_problem, temperature=args.sample_temperature,
+        max_new_tokens=args.gen_max_new_tokens, batch_size=args.gen_batch_size, seed=seed), problems)
+
+
+def _mined(args: PRMStageArguments, samples: list[dict]) -> tuple[list[dict], dict]:
+    return labelling.mined_solutions(samples, low=args.mining_low, high=args.mining_high,
+                                     limit=args.max_label_solutions, max_correct_per_wrong=args.max_correct_per_wrong)
+
+
 def make_labels(ctx: StageContext, args: PRMStageArguments, seed: int, policy: Policy | None, imported: list[dict],
                 label_problems: list[dict], metrics: dict, timings: dict) -> list[dict]:
     """Step-labelled rows: imported, judged by an LLM, or from Math-Shepherd MC rollouts."""
@@ -146,26 +157,18 @@ def make_labels(ctx: StageContext, args: PRMStageArguments, seed: int, policy: P
         with labelling.timed("sample_s", timings):
             if args.judge_generates:
                 samples = labelling.teacher_solutions(chat, cache, label_problems, args.samples_per_problem,
-                                              args.gen_max_new_tokens)
+                                                      args.gen_max_new_tokens)
             else:
-                samples = labelling.with_domains(sample_solutions(
-                    policy, label_problems, n=args.samples_per_problem, temperature=args.sample_temperature,
-                    max_new_tokens=args.gen_max_new_tokens, batch_size=args.gen_batch_size, seed=seed), label_problems)
-        chosen, mining = labelling.mined_solutions(samples, low=args.mining_low, high=args.mining_high,
-                                           limit=args.max_label_solutions,
-                                           max_correct_per_wrong=args.max_correct_per_wrong)
+                samples = _policy_samples(args, policy, label_problems, seed)
+        chosen, mining = _mined(args, samples)
         with labelling.timed("label_s", timings):
             rows, failed = labelling.judge_rows(chat, cache, chosen, args.judge_transform)
         metrics["labels"] = {**mining, "solutions": len(chosen), "judge_failed": failed,
                              "judge_usage": chat.usage.to_json()}
         return rows
     with labelling.timed("sample_s", timings):
-        samples = labelling.with_domains(sample_solutions(
-            policy, label_problems, n=args.samples_per_problem, temperature=args.sample_temperature,
-            max_new_tokens=args.gen_max_new_tokens, batch_size=args.gen_batch_size, seed=seed), label_problems)
-    chosen, mining = labelling.mined_solutions(samples, low=args.mining_low, high=args.mining_high,
-                                       limit=args.max_label_solutions,
-                                       max_correct_per_wrong=args.max_correct_per_wrong)
+        samples = _policy_samples(args, policy, label_problems, seed)
+    chosen, mining = _mined(args, samples)
     with labelling.timed("label_s", timings):
         rows = labelling.mc_rows(policy, chosen, args, seed)
     if args.perturbed_negatives:
