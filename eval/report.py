@@ -95,10 +95,11 @@ def accuracy_rows(ckpts: list[Checkpoint]) -> list[dict]:
                 for mode, m in modes.items():
                     seen[(source, mode)] = {"checkpoint": c.label, "set": source, "mode": mode, "origin": "eval",
                                             **_flat_eval(m)}
-        if not seen and isinstance(c.metrics.get("eval"), dict) and "pass@1" in c.metrics["eval"]:
-            m = c.metrics["eval"]
-            seen[("stage eval", "pot")] = {"checkpoint": c.label, "set": "stage eval", "mode": "pot",
-                                           "origin": "metrics.json", **_flat_eval(m)}
+        stage_evals = c.metrics.get("eval") if isinstance(c.metrics.get("eval"), dict) else {}
+        for source, m in stage_evals.items():  # {eval set: metrics}, measured by the stage itself
+            if isinstance(m, dict) and "pass@1" in m and (source, "pot") not in seen:
+                seen[(source, "pot")] = {"checkpoint": c.label, "set": source, "mode": "pot",
+                                         "origin": "metrics.json", **_flat_eval(m)}
         rows.extend(seen.values())
     return rows
 

@@ -52,7 +52,7 @@ def run_dir(tmp_path_factory) -> Path:
     synth = _ckpt(run, "synth", base, {"yield": 0.62, "verified_rows": 31},
                   files={"verified.jsonl": [{"id": str(i)} for i in range(31)]})
     sft_logs = [{"step": s, "loss": 3.0 / s, "mean_token_accuracy": 0.5 + s / 40} for s in range(1, 11)]
-    sft = _ckpt(run, "sft", synth, {"eval": {"pass@1": 0.4, "n": 500}}, logs=sft_logs,
+    sft = _ckpt(run, "sft", synth, {"eval": {"arith:test:500": {"pass@1": 0.4, "n": 500}}}, logs=sft_logs,
                 files={"eval_details.jsonl": [{"id": "a"}] * 5},
                 evals=[_eval_sets(0.30, 0.01, 60.0), _eval_sets(0.41, 0.02, 58.0)])
     _ckpt(run, "prm", sft, {"step_accuracy": 0.81, "f1": 0.74, "roc_auc": 0.88, "train_wall_s": 42.0})
@@ -82,14 +82,16 @@ def test_report_content(run_dir: Path):
 def test_sections_without_data_have_no_plot(tmp_path: Path):
     run = tmp_path / "run"
     base = _ckpt(run, "base", None, {})
-    _ckpt(run, "sft", base, {"eval": {"pass@1": 0.25, "n": 40, "pass@1_ci95": [0.1, 0.4]}})
+    _ckpt(run, "sft", base, {"eval": {"arith:test:40": {"pass@1": 0.25, "n": 40, "pass@1_ci95": [0.1, 0.4]},
+                                      "arith:test:20:levels=4": {"pass@1": 0.5, "n": 20}}})
     _, md_path = report.build(run)
     assert {p.name for p in (run / report.ASSETS).glob("*.png")} == {"accuracy.png", "lineage.png"}
     md = md_path.read_text()
     for note in ("no PRM checkpoint in this run", "no trainer logs", "no data artifacts", "no evaluation results yet"):
         assert f"_{note}" in md, note
     # no eval/ results: the pass@1 the stage measured itself is shown
-    assert "| sft/v1 | stage eval | pot | metrics.json | 40 | 0.250 |" in md
+    assert "| sft/v1 | arith:test:40 | pot | metrics.json | 40 | 0.250 |" in md
+    assert "| sft/v1 | arith:test:20:levels=4 | pot | metrics.json | 20 | 0.500 |" in md
 
 
 def test_report_cli_on_empty_run(tmp_path: Path):

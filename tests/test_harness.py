@@ -209,3 +209,23 @@ def test_synth_user_errors_exit_2_with_one_line(tmp_path):
         assert proc.returncode == 2, proc.stderr[-2000:]
         assert "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith("stages.synth: error:") and expected in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# the journal of finished items
+
+
+def test_journal_keeps_finished_items_and_redoes_a_torn_one(tmp_path):
+    from stages.harness.journal import Journal
+
+    path = tmp_path / "samples.journal.jsonl"
+    journal = Journal(path)
+    journal.append([{"id": "p1", "sample": 0}, {"id": "p1", "sample": 1}])
+    journal.finish_with([], ["p2"])  # an item that ended with nothing to keep
+    with path.open("a") as fh:  # p3 half written, then a kill mid-line
+        fh.write(json.dumps({"id": "p3", "sample": 0}) + "\n" + '{"id": "p3", "sam')
+    again = Journal(path)
+    assert again.done == {"p1", "p2"}
+    assert [(r["id"], r["sample"]) for r in again.rows()] == [("p1", 0), ("p1", 1)]
+    again.append([{"id": "p3", "sample": 0}])
+    assert Journal(path).done == {"p1", "p2", "p3"}

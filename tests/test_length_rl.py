@@ -42,7 +42,9 @@ def test_grpo_then_length_rl(tmp_path):
     assert manifest["status"] == "complete" and manifest["parent"]["stage"] == "base"
     assert (v1 / "config.json").exists() and (v1 / "tokenizer_config.json").exists()
     assert metrics["rewards"] == ["pot_correctness", "pot_format", "brevity"]  # no @prm yet: bonus left out
-    assert metrics["eval_before"]["n"] == 6 and metrics["eval"]["n"] == 6 and "pass@1" in metrics["eval_delta"]
+    (source,) = metrics["eval"]  # per eval set: before, after and the change
+    assert metrics["eval_before"][source]["n"] == 6 and metrics["eval"][source]["n"] == 6
+    assert "pass@1" in metrics["eval_delta"][source]
     split = metrics["step_time_split"]
     assert split["generation_s"] > 0 and split["optimisation_s"] > 0 and split["rewards_s"] >= 0
     assert split["generation_s"] + split["rewards_s"] + split["optimisation_s"] == pytest.approx(split["step_s"])
@@ -62,7 +64,7 @@ def test_grpo_then_length_rl(tmp_path):
     manifest = json.loads((lr / "manifest.json").read_text())
     metrics = json.loads((lr / "metrics.json").read_text())
     assert manifest["parent"]["stage"] == "grpo"
-    assert "eval_before" not in metrics and metrics["eval"]["n"] == 6
+    assert "eval_before" not in metrics and [m["n"] for m in metrics["eval"].values()] == [6]
     history = json.loads((lr / "log_history.json").read_text())
     logged = set().union(*map(set, history))
     assert {"rewards/kimi_length/mean", "rewards/dapo_overlong/mean", "brevity/coef"} <= logged

@@ -48,7 +48,8 @@ def test_sft_writes_checkpoint_then_skips(tmp_path):
     metrics = json.loads((v1 / "metrics.json").read_text())
     assert manifest["status"] == "complete" and manifest["parent"]["stage"] == "base"
     assert manifest["config"]["SFTStageArguments"]["max_train_samples"] == 256
-    assert metrics["eval"]["n"] == 24 and 0.0 <= metrics["eval"]["pass@1"] <= 1.0
+    (evaluated,) = metrics["eval"].values()  # one eval set, reported on its own
+    assert evaluated["n"] == 24 and 0.0 <= evaluated["pass@1"] <= 1.0 and "eval_before" not in metrics
     assert metrics["train"]["train_loss"] > 0
     details = [json.loads(line) for line in (v1 / "eval_details.jsonl").read_text().splitlines()]
     assert len(details) == 24 and {"completion", "correct", "executed_answer"} <= set(details[0])
@@ -111,6 +112,7 @@ def test_sft_accelerate_two_processes(tmp_path):
     manifest = json.loads((v1 / "manifest.json").read_text())
     assert manifest["config"]["world_size"] == 2
     metrics = json.loads((v1 / "metrics.json").read_text())
-    assert metrics["eval"]["n"] == 24  # both ranks generated a shard; all problems gathered once
+    (evaluated,) = metrics["eval"].values()
+    assert evaluated["n"] == 24  # both ranks generated a shard; all problems gathered once
     # 128 rows, batch 16 per process, 2 processes: 4 optimizer steps
     assert json.loads((v1 / "log_history.json").read_text())[-1]["step"] == 4

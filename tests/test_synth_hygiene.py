@@ -6,13 +6,8 @@ import json
 
 import pytest
 
-from stages.synth_lib.hygiene import (
-    Decontaminator,
-    decontaminate,
-    dedup_problems,
-    program_key,
-    word_ngrams,
-)
+from stages.common.pot import program_key
+from stages.synth_lib.hygiene import Decontaminator, decontaminate, dedup_problems, word_ngrams
 
 EVAL_Q = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and bakes muffins "
           "for her friends every day with four. How much does she make every day at the farmers' market?")

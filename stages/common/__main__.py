@@ -18,8 +18,10 @@ def _line(m: dict) -> str:
     if m.get("stage") is None:
         return f"{m.get('kind', 'external')}: {m['path']}"
     metrics = m.get("metrics") or {}
-    score = metrics.get("eval", {}).get("pass@1") if isinstance(metrics.get("eval"), dict) else None
-    extra = f"  pass@1={score:.3f}" if isinstance(score, float) else ""
+    evals = metrics.get("eval") if isinstance(metrics.get("eval"), dict) else {}
+    # policy stages report {eval set: metrics}; print pass@1 on each set
+    extra = "".join(f"  pass@1[{source}]={v['pass@1']:.3f}" for source, v in evals.items()
+                    if isinstance(v, dict) and isinstance(v.get("pass@1"), float))
     return (f"{m['stage']}/v{m['version']}  {m['path']}  config={m.get('config_sha256', '')[:12]}  "
             f"finished={m.get('finished_at', '?')}{extra}")
 

@@ -7,6 +7,7 @@ prompt or reads a program out of a completion goes through this module.
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Sequence
 
@@ -65,3 +66,27 @@ def extract_program(completion) -> str | None:
         return None
     code = m.group(1).strip("\n")
     return code if code.strip() else None
+
+
+class _Canonical(ast.NodeTransformer):
+    """Renames variables in order of appearance (v0, v1, ...) and drops docstrings/comments."""
+
+    def __init__(self) -> None:
+        self.names: dict[str, str] = {}
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        if node.id not in self.names and isinstance(node.ctx, ast.Store):
+            self.names[node.id] = f"v{len(self.names)}"
+        node.id = self.names.get(node.id, node.id)
+        return node
+
+
+def program_key(code: str) -> str:
+    """Near-duplicate key of a program: the same key for programs that differ only in comments,
+    spacing, quotes and variable names. Code that does not parse keys on its stripped lines."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return "\n".join(line.strip() for line in code.splitlines() if line.strip() and
+                         not line.strip().startswith("#"))
+    return ast.dump(_Canonical().visit(tree), annotate_fields=False)

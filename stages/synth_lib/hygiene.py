@@ -6,7 +6,7 @@
   Candidates come from an inverted index of shingles, so the cost grows with the data, not with
   its square.
 - Duplicate solutions of one problem: programs equal once comments, spacing and variable names
-  are normalised (``program_key``, through ``ast``).
+  are normalised (``stages.common.pot.program_key``).
 - Decontamination against evaluation sets (GSM8K test by default): a problem whose question
   shares any word 13-gram with an evaluation question is removed, the approach of open-r1's
   ``scripts/decontaminate.py`` (lower-cased, whitespace-normalised word n-grams).
@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import ast
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -130,27 +129,3 @@ def decontaminate(problems: Sequence[dict], decon: Decontaminator | None) -> tup
         else:
             removed.append(Removed(p, f"contaminated: {hit} ({decon.n}-gram overlap)"))
     return kept, removed
-
-
-class _Canonical(ast.NodeTransformer):
-    """Renames variables in order of appearance (v0, v1, ...) and drops docstrings/comments."""
-
-    def __init__(self) -> None:
-        self.names: dict[str, str] = {}
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:
-        if node.id not in self.names and isinstance(node.ctx, ast.Store):
-            self.names[node.id] = f"v{len(self.names)}"
-        node.id = self.names.get(node.id, node.id)
-        return node
-
-
-def program_key(code: str) -> str:
-    """Near-duplicate key of a program: the same key for programs that differ only in comments,
-    spacing, quotes and variable names. Code that does not parse keys on its stripped lines."""
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return "\n".join(line.strip() for line in code.splitlines() if line.strip() and
-                         not line.strip().startswith("#"))
-    return ast.dump(_Canonical().visit(tree), annotate_fields=False)

@@ -20,10 +20,10 @@ from stages.common.checkpoint import stage_ref
 from stages.common.config import ConfigError
 from stages.common.data import DataFormatError, gsm8k_dir, load_problems, read_jsonl
 from stages.common.modeling import load_tokenizer
-from stages.common.pot import SYSTEM_PROMPT, extract_program, format_completion
+from stages.common.pot import SYSTEM_PROMPT, extract_program, format_completion, program_key
 from stages.harness import StageArguments, StageConfigs, StageContext, StagePlan, StageResult
 from stages.synth_lib.gsm8k_pot import convert
-from stages.synth_lib.hygiene import Decontaminator, Removed, decontaminate, dedup_problems, program_key
+from stages.synth_lib.hygiene import Decontaminator, Removed, decontaminate, dedup_problems
 from stages.synth_lib.pot_style import (
     add_explanation,
     add_step_comments,
