@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from stages.common.data import DataFormatError
 from stages.common.chat import ChatConfigError, ChatRequest, OpenAIChat, ResponseCache, complete_cached
+from stages.common.data import DataFormatError
 from stages.synth_lib.teachers import ChatTeacher
 
 SECRET = "sk-test-DO-NOT-LEAK-1234567890"
