@@ -186,7 +186,7 @@ def test_two_concurrent_builds_of_a_stage_make_one_version(tmp_path):
     procs = [subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (out, err) in zip(procs, outs, strict=True):
+    for p, (_out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
         assert "Traceback" not in err
     stdout = "".join(out for out, _ in outs)
