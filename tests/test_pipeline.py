@@ -30,6 +30,10 @@ def test_pipeline_on_embedded_default(tmp_path):
     assert usual["n"] == 500
     assert usual["pass@1"] >= 0.90, usual
     assert "chain (newest first)" in out.stdout and "base/v1" in out.stdout
+    assert "were not passed to `accelerate launch`" not in out.stdout + out.stderr  # every value is passed
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (run / "sft" / "latest" / "model.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
     # a rerun skips completed stages (the first two, to keep the suite short: every stage goes
     # through the same StageContext skip)
     again = _pipeline(tmp_path, STAGES="synth sft")

@@ -28,6 +28,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from stages.common.arith import corpus_text
+from stages.common.data import apply_umask
 
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -181,6 +182,7 @@ def build_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0, **sizes: in
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / _BUILD_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    apply_umask(partial)  # model.safetensors comes 0600 from safetensors' temporary file
     os.replace(partial, out)
     return out
 
