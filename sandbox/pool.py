@@ -26,7 +26,7 @@ from dataclasses import asdict
 from typing import Any
 
 from sandbox import _protocol
-from sandbox.config import ERROR, OUTPUT_LIMIT, SANDBOX_ERROR, ExecResult, SandboxConfig, extract_answer
+from sandbox.config import ERROR, OUTPUT_LIMIT, SANDBOX_ERROR, ExecResult, SandboxConfig, last_output_line
 
 _PIPELINE_DEPTH = 2  # requests queued per worker
 _PIPELINE_MAX_BYTES = 4000  # a queued request must fit an empty pipe (4 KiB at the least)
@@ -422,7 +422,7 @@ class Sandbox:
 def _to_result(m: dict[str, Any]) -> ExecResult:
     status = m["status"]
     stdout = m["stdout"]
-    return ExecResult(status=status, answer=None if status == OUTPUT_LIMIT else extract_answer(stdout),
+    return ExecResult(status=status, answer=None if status == OUTPUT_LIMIT else last_output_line(stdout),
                       stdout=stdout, stderr=m["stderr"], elapsed_s=m["elapsed_s"], error_type=m["error_type"],
                       exit_code=m["exit_code"])
 
