@@ -103,6 +103,11 @@ class SynthArguments(StageArguments):
     verbose_mode: str = field(default="explanation", metadata={
         "help": "explanation: a comment line after the program (pot_style.add_explanation); comments: a "
                 "comment line before every statement (pot_style.add_step_comments)."})
+    style_mix: dict | str | None = field(default=None, metadata={
+        "help": "Teacher styles and their shares, e.g. {plain: 0.35, comments: 0.25, comments+answer_var: 0.25, "
+                "comments+prints+answer_var: 0.15}: each problem's programs are rewritten in one style (a seeded draw "
+                "per problem id) by stages.common.pot_style.apply_style before verification. Replaces "
+                "concise_fraction and verbose_fraction (set neither with it)."})
     normalize_completions: bool = field(default=True, metadata={
         "help": "Keep only the program block of a verified completion (drop the teacher's prose)."})
     # hygiene
@@ -245,6 +250,15 @@ def main(argv: list[str] | None = None) -> Path | None:
         raise ConfigError(f"verbose_mode must be explanation or comments, got {args.verbose_mode!r}")
     if args.concise_mode not in ("literals", "all"):
         raise ConfigError(f"concise_mode must be literals or all, got {args.concise_mode!r}")
+    if args.style_mix:
+        from stages.common.pot_style import parse_style_mix  # noqa: PLC0415
+
+        if args.concise_fraction > 0 or args.verbose_fraction > 0:
+            raise ConfigError("style_mix replaces concise_fraction and verbose_fraction: set only one of them")
+        try:
+            args.style_mix = dict(parse_style_mix(args.style_mix))
+        except ValueError as e:
+            raise ConfigError(f"style_mix: {e}") from e
     problems = load_all_problems(args.problems, args.seed)
     if args.max_problems:
         problems = problems[: args.max_problems]
@@ -363,7 +377,7 @@ def synthesize(ctx: StageContext, args: SynthArguments, problems: list[dict], fe
             stats["rounds"] += 1
             asked.update(p["id"] for p in todo)
             candidates = list(teacher.propose(todo, list(range(rnd * n, (rnd + 1) * n))))
-            if args.concise_fraction > 0 or args.verbose_fraction > 0:
+            if args.concise_fraction > 0 or args.verbose_fraction > 0 or args.style_mix:
                 for style, count in _rewrite_style(candidates, args).items():
                     stats[f"rewritten_{style}"] = stats.get(f"rewritten_{style}", 0) + count
             stats["candidates"] += len(candidates)
@@ -433,8 +447,11 @@ def _rewrite_style(candidates: list, args: SynthArguments) -> dict[str, int]:
         add_step_comments,
         chosen_for_rewrite,
         inline_single_use,
+        restyle_candidates,
     )
 
+    if args.style_mix:
+        return restyle_candidates(candidates, args.style_mix, args.seed)
     done = {style: 0 for style, share in (("concise", args.concise_fraction), ("verbose", args.verbose_fraction))
             if share > 0}
     for c in candidates:
