@@ -26,8 +26,13 @@ def test_pipeline_on_embedded_default(tmp_path):
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     run = tmp_path / "tiny"
     sft = json.loads((run / "sft" / "latest" / "metrics.json").read_text())
-    assert sft["eval"]["n"] == 500
-    assert sft["eval"]["pass@1"] >= 0.90, sft["eval"]
+    assert sft["eval"]["n"] == 800  # the usual split (500) and the hard one (300, level 4)
+    details = [json.loads(line) for line in (run / "sft" / "latest" / "eval_details.jsonl").read_text().splitlines()]
+    usual = [d["correct"] for d in details if not d["id"].startswith("arith-4-")]
+    hard = [d["correct"] for d in details if d["id"].startswith("arith-4-")]
+    assert len(usual) == 500 and len(hard) == 300
+    assert sum(usual) / 500 >= 0.90, sum(usual) / 500
+    assert 0.10 <= sum(hard) / 300 <= 0.70, sum(hard) / 300  # solved only sometimes: room for grpo
     assert "chain (newest first)" in out.stdout and "base/v1" in out.stdout
     # a rerun skips completed stages (the first two, to keep the suite short: every stage goes
     # through the same StageContext skip)

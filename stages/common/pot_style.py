@@ -7,11 +7,13 @@ one computation, which a length-aware RL stage can then move along and a DPO sta
 (concise chosen, verbose rejected). A rewrite is verified in the sandbox like any other program.
 
 ``add_step_comments`` writes a comment line before every statement and ``add_explanation`` a
-comment line after the program (two verbose styles of many teachers); the synth stage's
-``verbose_fraction`` uses them. The tiny recipe gets its spread of lengths from the explanation:
-the 0.4M-parameter model learns the inlined style and per-step comments badly when half its
-data has them (28.2% and 75.8% greedy pass@1 against 97.6%, same steps), while a comment after
-the last statement leaves the computation it learns untouched.
+comment line after the program; the synth stage's ``verbose_fraction`` uses them.
+
+``apply_style`` writes a program in a chat teacher's style, features joined by ``+`` (comments
+before the statements that compute, intermediate prints, an ``answer`` variable, inlining, an
+explanation; see ``FEATURES``), and ``pick_style`` draws one style per problem from a mix: the
+synth stage's ``style_mix``, which the tiny recipe uses (recipes/tiny/synth.yaml says which mix and
+why). Every rewrite keeps the program's output; the answer stays the last line printed.
 
 Only straight-line, top-level code is inlined: a program with a loop, a function, a ``global``,
 ``del``, augmented assignments to the variable or a read inside a nested scope keeps the variable.
@@ -170,8 +172,8 @@ def chosen_for_rewrite(problem_id: str, fraction: float, seed: int = 0) -> bool:
 #                assignment: nothing but the print reads it);
 #   prints       ``print('<name>:', <name>)`` after every computed assignment before the final print
 #                (intermediate prints; the answer is still the last line printed);
-#   comments     a comment line before every step of the computation (a step: the givens it reads and
-#                the statement that computes), saying what the step does;
+#   comments     a comment line right before every statement that computes (after the givens it
+#                reads) and before the final answer, saying what it does;
 #   explanation  a comment line after the program (``add_explanation``).
 # Every feature is an AST rewrite of straight-line top-level code; a program it cannot rewrite
 # (control flow, no final print, a name it would shadow) gives None and is kept as it was.
