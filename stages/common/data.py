@@ -179,7 +179,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Problem sources: "arith:<split>[:n[:seed]]", "gsm8k:<split>[:n]", or a jsonl path.
+# Problem sources: "arith:<split>[:n[:seed]][:levels=...]", "gsm8k:<split>[:n]", or a jsonl path.
 
 _GSM8K_FINAL_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 
@@ -234,17 +234,18 @@ def load_gsm8k(split: str) -> list[dict]:
 def load_problems(source: str, *, seed: int = 0) -> list[dict]:
     """Problems from a source spec:
 
-    - ``arith:<split>[:n[:seed]]``: the embedded arithmetic task (``stages.common.arith``);
+    - ``arith:<split>[:n[:seed]][:levels=L[,L...]]``: the embedded arithmetic task
+      (``stages.common.arith``; ``levels=4`` is its hard split);
     - ``gsm8k:<split>[:n]``: GSM8K (local copy or hub);
     - a path to a jsonl of Problem rows, or of raw GSM8K rows (``answer`` ending in ``#### x``).
     """
     kind, _, rest = source.partition(":")
     if kind == "arith" and rest:
 
-        parts = rest.split(":")
-        n = int(parts[1]) if len(parts) > 1 and parts[1] else 500
-        s = int(parts[2]) if len(parts) > 2 and parts[2] else seed
-        return arith.generate_problems(n, split=parts[0], seed=s)
+        try:
+            return arith.problems_from_spec(rest, seed=seed)
+        except ValueError as e:
+            raise DataFormatError(source, None, None, f"is not a valid arith source: {e}") from e
     if kind == "gsm8k" and rest and not Path(source).exists():
         split, _, n = rest.partition(":")
         rows = load_gsm8k(split)
