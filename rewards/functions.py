@@ -113,8 +113,9 @@ def _log(kwargs: dict[str, Any], metrics: dict[str, float], extra: dict[str, lis
 
 class PotCorrectness(RewardFunc):
     """1.0 when the completion's program runs (sandbox, one batch) and prints the gold answer,
-    else 0.0; None when the gold is unparseable. Logs the share of completions without a program
-    and with an execution error, and each executed answer."""
+    else 0.0; None when the gold cannot be read (``rewards.equivalence.read_gold``). Logs the
+    shares of completions without a program, with an execution error and with an unreadable
+    gold, and each executed answer."""
 
     name = "pot_correctness"
 
@@ -131,6 +132,7 @@ class PotCorrectness(RewardFunc):
             {
                 f"{self.__name__}/no_code": sum(s.status == "no_code" for s in scores) / n,
                 f"{self.__name__}/exec_error": sum(s.status not in ("ok", "no_code") for s in scores) / n,
+                f"{self.__name__}/unreadable_gold": sum(s.correct is None for s in scores) / n,
             },
             {"executed_answer": [s.answer for s in scores]},
         )
@@ -139,12 +141,14 @@ class PotCorrectness(RewardFunc):
 
 class CotCorrectness(RewardFunc):
     """1.0 when the final answer extracted from the text equals the gold, else 0.0; None when the
-    gold is unparseable."""
+    gold cannot be read. Logs the share of completions with an unreadable gold."""
 
     name = "cot_correctness"
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Rewards:
-        return [None if c is None else float(c) for c in score_cot(completions, self.golds(kwargs, len(completions)))]
+        correct = score_cot(completions, self.golds(kwargs, len(completions)))
+        _log(kwargs, {f"{self.__name__}/unreadable_gold": sum(c is None for c in correct) / max(1, len(correct))})
+        return [None if c is None else float(c) for c in correct]
 
 
 def has_pot_format(completion: Any) -> bool:

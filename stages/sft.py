@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.common.checkpoint import stage_ref
-from stages.common.data import DataFormatError, load_problems, read_jsonl
+from stages.common.data import DataFormatError, load_problems, read_jsonl, source_file
 from stages.common.pot import build_messages, format_completion
 from stages.common.stage import StageArguments, StageContext, cli, setup_logging
 
@@ -47,8 +47,8 @@ def _input_files(sources: list[str]) -> list[str]:
         p = Path(src)
         if p.is_dir():
             files.append(str(_synth_file(p)))
-        elif p.is_file():
-            files.append(str(p))
+        elif (file := source_file(src)) is not None:
+            files.append(str(file))
     return files
 
 

@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from stages.common.checkpoint import stage_ref
-from stages.common.data import DataFormatError, gsm8k_dir, load_problems, read_jsonl
+from stages.common.data import (
+    DataFormatError,
+    gsm8k_dir,
+    load_problems,
+    read_jsonl,
+    source_file,
+    split_source,
+)
 from stages.common.pot import SYSTEM_PROMPT, extract_program, format_completion
 from stages.common.stage import StageArguments, StageContext, setup_logging
 
@@ -123,9 +130,9 @@ class SynthArguments(StageArguments):
 
 def _source_files(src: str) -> list[str]:
     """The files a problem source reads (for the manifest's input hashes)."""
-    p = Path(src)
-    if p.is_file():
-        return [str(p)]
+    file = source_file(src)
+    if file is not None:
+        return [str(file)]
     kind, _, rest = src.partition(":")
     if kind == "gsm8k" and rest:
         local = gsm8k_dir()
@@ -139,7 +146,7 @@ def load_all_problems(sources: list[str], seed: int) -> list[dict]:
     problems: list[dict] = []
     where: dict[str, str] = {}
     for src in sources:
-        if not src.startswith(("arith:", "gsm8k:")) and not Path(src).exists():
+        if not src.startswith(("arith:", "gsm8k:")) and not Path(split_source(src)[0]).exists():
             raise DataFormatError(src, None, None, "does not exist (expected a jsonl file, arith:... or gsm8k:...)")
         for p in load_problems(src, seed=seed):
             if p["id"] in where:

@@ -26,7 +26,7 @@ from typing import Any
 
 from stages.common.checkpoint import CheckpointError, resolve_parent, stage_ref
 from stages.common.config import ConfigError
-from stages.common.data import DataFormatError, load_problems
+from stages.common.data import DataFormatError, load_problems, source_file
 from stages.common.pot import build_messages
 from stages.common.stage import StageArguments, StageContext, setup_logging
 
@@ -322,7 +322,7 @@ def run_rl_stage(stage: str, argv: list[str] | None = None) -> Path | None:
         get_reward_funcs(names, **options)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"rewards {names}: {e}") from e
-    inputs = [p for p in args.train_data + args.eval_data if Path(p).is_file()]
+    inputs = [str(f) for p in args.train_data + args.eval_data if (f := source_file(p)) is not None]
     extra = {"rewards": {"names": names, "weights": weights, "options": _without_prm(options)},
              "prm_checkpoint": prm_path}
     ctx = StageContext(stage, args, (args, cfg, model_args), parent=model_args.model_name_or_path, inputs=inputs,
