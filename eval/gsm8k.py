@@ -2,13 +2,17 @@
 
     python -m eval.gsm8k --model runs/tiny/sft [--task pot cot] [--limit N]
         [--backend transformers|vllm] [--samples K] [--repair R] [--prm <checkpoint>]
+        [--eval_sets data/svamp.jsonl --question_field '{Body} {Question}' --answer_field Answer]
     accelerate launch -m eval.gsm8k --config recipes/tiny/eval.yaml --model runs/tiny/sft
 
 ``--model`` is a stage checkpoint (a version folder, or a stage folder: its latest version), a
 local model folder or a hub id. ``--config`` is a YAML recipe of the fields of
 :class:`EvalArguments` (CLI flags override it). For every eval set (``arith:test:500``,
-``gsm8k:test[:n]``, a Problem jsonl) and every mode (``pot``: executed Program-of-Thought;
-``cot``: lighteval's standard GSM8K prompt and metric) it reports
+``gsm8k:test[:n]``, a Problem jsonl, a jsonl with other field names through a field mapping:
+``--question_field/--answer_field/--id_field`` or ``<path>?question=...&answer=...``) and every
+mode (``pot``: executed Program-of-Thought; ``cot``: lighteval's standard GSM8K prompt and
+metric) it reports, over the problems whose gold answer can be read (docs/answers.md; the others
+are counted as ``unreadable_gold``)
 
 - greedy pass@1 with its 95% Wilson interval, mean completion tokens, and the shares of
   completions without a program / with an execution error (PoT);
