@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rewards.functions import PRMBonus, problem_text
+from rewards.functions import COSINE_MAX_LENGTH, PRMBonus, problem_text
 from rewards.lengths import Ramp, completion_lengths, cosine_length_reward, dapo_overlong_penalty
 from rewards.registry import REWARDS, get_reward_funcs
 from stages.common.steps import split_solution
@@ -169,6 +169,15 @@ def test_dapo_overlong() -> None:
     assert f(["p"] * 2, ["a", "b"], completion_ids=[[0] * 85, [0] * 10]) == pytest.approx([-0.25, 0.0])
 
 
+def test_dapo_overlong_without_a_soft_zone_is_a_hard_cut_off() -> None:
+    assert [dapo_overlong_penalty(n, 100, 0) for n in (0, 99, 100, 101)] == [0.0, 0.0, 0.0, -1.0]
+    (f,) = get_reward_funcs(["dapo_overlong"], dapo_overlong={"max_length": 100, "cache_length": 0})
+    assert f(["p"] * 3, ["a", "b", "c"], completion_ids=[[0] * 100, [0] * 101, [0] * 5]) == [0.0, -1.0, 0.0]
+    for bad in ({"max_length": 100, "cache_length": -1}, {"max_length": 100, "cache_length": 101}):
+        with pytest.raises(ValueError, match="0 <= cache_length <= max_length"):
+            get_reward_funcs(["dapo_overlong"], dapo_overlong=bad)
+
+
 def test_cosine_length() -> None:
     assert cosine_length_reward(0, True, 100) == pytest.approx(1.0)
     assert cosine_length_reward(50, True, 100) == pytest.approx(0.75)
@@ -179,6 +188,13 @@ def test_cosine_length() -> None:
     (f,) = get_reward_funcs(["cosine_length"], mode="cot", cosine_length={"max_length": 100})
     out = f(["p"] * 3, ["#### 4", "#### 5", "#### 4"], answer=["4", "4", "x="], completion_ids=[[0] * 50] * 3)
     assert out[:2] == pytest.approx([0.75, -0.75]) and out[2] is None
+
+
+def test_cosine_length_default_max_length() -> None:
+    (f,) = get_reward_funcs(["cosine_length"], mode="cot")  # open-r1's cosine_max_len
+    assert f.max_length == COSINE_MAX_LENGTH == 1000
+    out = f(["p"] * 2, ["#### 4", "#### 4"], answer=["4", "4"], completion_ids=[[0] * 500, [0] * 1000])
+    assert out == pytest.approx([0.75, -1.0])
 
 
 # ---------------------------------------------------------------------------------------------

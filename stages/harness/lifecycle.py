@@ -40,6 +40,7 @@ from stages.common.modeling import materialize_parent
 from stages.harness.arguments import PolicyTrainingArguments
 from stages.harness.policy import (
     Policy,
+    check_golds,
     eval_deltas,
     evaluate_policy,
     input_files,
@@ -275,7 +276,9 @@ def _prepare_policy_stage(configs: StageConfigs) -> dict[str, list[dict]]:
     args.train_data = [stage_ref(s, args.run_dir) for s in args.train_data]
     args.eval_data = [stage_ref(s, args.run_dir) for s in args.eval_data if s.lower() != "none"]
     seed = getattr(configs.training, "seed", 0)
-    return {src: load_problems(src, seed=seed) for src in args.eval_data}
+    eval_sets = {src: load_problems(src, seed=seed) for src in args.eval_data}
+    check_golds(eval_sets)
+    return eval_sets
 
 
 def run_stage(stage: Stage, argv: list[str] | None = None) -> Path | None:
