@@ -38,7 +38,7 @@ def completion_lengths(
         if isinstance(tokenizer, str | os.PathLike):
             key = str(tokenizer)
             if key not in _tokenizers:
-                from transformers import AutoTokenizer  # noqa: PLC0415 - heavy, only when asked for
+                from transformers import AutoTokenizer  # deferred: heavy, only when asked for
 
                 _tokenizers[key] = AutoTokenizer.from_pretrained(key)
             tokenizer = _tokenizers[key]

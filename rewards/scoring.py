@@ -16,6 +16,7 @@ from typing import Any
 
 from rewards.equivalence import is_equivalent, read_gold
 from rewards.extract import extract_answer, gold_answer
+from sandbox import get_sandbox
 from stages.common.pot import completion_text, extract_program
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,6 @@ class ExecMemo:
 def run_programs(programs: Sequence[str], sandbox: Any = None, memo: ExecMemo | None = None) -> list[Any]:
     """Sandbox results of ``programs``: each distinct program runs once, all in one batch."""
     if sandbox is None:
-        from sandbox import get_sandbox  # noqa: PLC0415 - the sandbox starts its template process on use
-
         sandbox = get_sandbox()
     if memo is not None:
         return memo.run(sandbox, programs)

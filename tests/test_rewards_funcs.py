@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import pickle
+import socket
 from types import SimpleNamespace
 
 import pytest
 
+import rewards.lengths as lengths
 from rewards.functions import COSINE_MAX_LENGTH, PRMBonus, problem_text
 from rewards.lengths import Ramp, completion_lengths, cosine_length_reward, dapo_overlong_penalty
 from rewards.registry import REWARDS, get_reward_funcs
@@ -118,8 +122,8 @@ def test_brevity_only_correct() -> None:
 
 def test_token_lengths_from_a_tokenizer(tmp_path) -> None:
     # a real byte-level BPE tokenizer, trained here (stages.common.tiny's builder imports torch: slow)
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
-    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # deferred: heavy import
+    from transformers import PreTrainedTokenizerFast  # deferred: heavy import
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -136,8 +140,6 @@ def test_token_lengths_from_a_tokenizer(tmp_path) -> None:
 
 
 def test_whitespace_fallback_warns(caplog) -> None:
-    import rewards.lengths as lengths  # noqa: PLC0415
-
     lengths._warned_whitespace = False
     with caplog.at_level(logging.WARNING, logger="rewards.lengths"):
         assert completion_lengths(["a b  c", conv("d e")]) == [3, 2]
@@ -272,7 +274,7 @@ def test_prm_bonus_loads_a_checkpoint_lazily() -> None:
 
 
 def _kimi_rank(rank: int, port: int, queue) -> None:
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist  # deferred: heavy import
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -287,9 +289,6 @@ def _kimi_rank(rank: int, port: int, queue) -> None:
 
 @pytest.mark.slow
 def test_kimi_length_gathers_groups_across_processes() -> None:
-    import multiprocessing  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -309,7 +308,6 @@ def test_kimi_length_gathers_groups_across_processes() -> None:
 
 def test_reward_functions_pickle() -> None:
     # TRL's async GRPO sends reward functions to a child process
-    import pickle  # noqa: PLC0415
 
     funcs = get_reward_funcs(["cot_correctness", "brevity", "prm_bonus", "kimi_length"], mode="cot",
                              prm_bonus={"prm": "runs/nowhere/prm/latest"}, scorer_factory=_PathScorer)
