@@ -8,7 +8,8 @@
 # (same parent, config and data) is skipped by the stage itself; an interrupted one resumes. The
 # first failure stops the pipeline and names the stage. Extra arguments go to every stage
 # (e.g. `./run_pipeline.sh --seed 1`). A `--dry_run true` checks a stage only once the stages before
-# it exist (a dry run builds nothing for the next stage to read).
+# it exist (a dry run builds nothing for the next stage to read). LAUNCH_ARGS go to every
+# `accelerate launch` (several nodes: scripts/slurm_pipeline.sbatch sets the rank and main address there).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -16,6 +17,7 @@ RECIPE=${RECIPE:-recipes/tiny}
 RUN=${RUN:-$(basename "$RECIPE")}
 RUNS_DIR=${RUNS_DIR:-runs}
 NUM_PROCESSES=${NUM_PROCESSES:-1}
+read -r -a LAUNCH_EXTRA <<< "${LAUNCH_ARGS:-}"
 if [ -z "${ACCELERATE_CONFIG:-}" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     ACCELERATE_CONFIG=accelerate_configs/single_gpu.yaml
@@ -44,7 +46,7 @@ for stage in $STAGES; do
   echo "=== [$stage] $recipe"
   t0=$(date +%s)
   if ! .venv/bin/accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_PROCESSES" \
-      -m "stages.$stage" --config "$recipe" --run "$RUN" --runs_dir "$RUNS_DIR" "$@"; then
+      ${LAUNCH_EXTRA[@]+"${LAUNCH_EXTRA[@]}"} -m "stages.$stage" --config "$recipe" --run "$RUN" --runs_dir "$RUNS_DIR" "$@"; then
     echo "run_pipeline: stage '$stage' FAILED (recipe $recipe); fix it and rerun: completed stages are skipped" >&2
     exit 1
   fi
@@ -54,7 +56,7 @@ for stage in $STAGES; do
   if [ "$stage" != synth ] && [ "$stage" != prm ] && [ -f eval/gsm8k.py ] && [ -f "$RECIPE/eval.yaml" ]; then
     echo "=== [eval $stage]"
     if ! .venv/bin/accelerate launch --config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_PROCESSES" \
-        -m eval.gsm8k --config "$RECIPE/eval.yaml" --model "$RUNS_DIR/$RUN/$stage"; then
+        ${LAUNCH_EXTRA[@]+"${LAUNCH_EXTRA[@]}"} -m eval.gsm8k --config "$RECIPE/eval.yaml" --model "$RUNS_DIR/$RUN/$stage"; then
       echo "run_pipeline: evaluation of stage '$stage' FAILED" >&2
       exit 1
     fi

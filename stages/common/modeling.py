@@ -9,11 +9,14 @@ checkpoint. dtype, attention implementation, quantization (QLoRA through bitsand
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from stages.common.checkpoint import Parent, checkpoint_key, open_stage, resolve_parent, stage_ref
+from stages.common.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +74,53 @@ def load_tokenizer(path: str, *, padding_side: str = "left", revision: str | Non
     return tok
 
 
+FLASH_ATTENTION = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def check_device_support(model_args: Any = None, training_args: Any = None, *, cuda: bool | None = None) -> None:
+    """A config that asks for a GPU-only feature on a machine without one (or without the feature's
+    package) is a :class:`ConfigError` naming the key, not a stack trace deep inside the loading code:
+    ``attn_implementation: flash_attention_2``, ``load_in_4bit`` / ``load_in_8bit`` (bitsandbytes) and a
+    DeepSpeed config (``deepspeed:`` in the recipe, or an ``accelerate launch`` with a ZeRO config).
+    Model loading calls it; a stage may call it earlier, right after parsing."""
+    if cuda is None:
+        import torch  # deferred: heavy
+
+        cuda = torch.cuda.is_available()
+    where = "this machine has no CUDA GPU"
+    attn = getattr(model_args, "attn_implementation", None)
+    if attn in FLASH_ATTENTION:
+        if not cuda:
+            raise ConfigError(f"attn_implementation: {attn} needs a CUDA GPU and {where}; use "
+                              "attn_implementation: sdpa (or eager)")
+        if importlib.util.find_spec(FLASH_ATTENTION[attn]) is None:
+            raise ConfigError(f"attn_implementation: {attn} needs the {FLASH_ATTENTION[attn]} package (the [gpu] "
+                              "extra: pip install -e '.[gpu]'), which is not installed; or use sdpa")
+    for key in ("load_in_4bit", "load_in_8bit"):
+        if getattr(model_args, key, False):
+            if not cuda:
+                raise ConfigError(f"{key}: true (bitsandbytes quantization, QLoRA) needs a CUDA GPU and {where}; set "
+                                  f"{key}: false (LoRA alone: use_peft: true)")
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ConfigError(f"{key}: true needs the bitsandbytes package (the [gpu] extra), which is not installed")
+    deepspeed = getattr(training_args, "deepspeed", None)
+    launched = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed or launched:
+        key = "deepspeed (the recipe's DeepSpeed config)" if deepspeed else (
+            "the accelerate config's distributed_type: DEEPSPEED (accelerate_configs/zero2.yaml, zero3.yaml)")
+        if not cuda:
+            raise ConfigError(f"{key} needs CUDA GPUs and {where}; on CPU launch with accelerate_configs/cpu.yaml")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(f"{key} needs the deepspeed package (the [gpu] extra), which is not installed")
+
+
 def model_kwargs(model_args: Any, *, device_map: Any = None) -> dict:
-    """from_pretrained keyword arguments from a ``trl.ModelConfig`` (dtype, attention, quantization)."""
+    """from_pretrained keyword arguments from a ``trl.ModelConfig`` (dtype, attention, quantization),
+    after :func:`check_device_support`."""
     import torch  # noqa: PLC0415
     from trl.trainer.utils import get_quantization_config  # noqa: PLC0415
 
+    check_device_support(model_args)
     dtype = getattr(model_args, "dtype", None) or "auto"
     if dtype not in ("auto", None):
         dtype = getattr(torch, dtype)
