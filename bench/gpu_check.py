@@ -11,7 +11,8 @@ stages.common.qwen_shape builds it, no hub needed):
    target >= 40%);
 2. the sft stage (TRL SFTTrainer, ``python -m stages.sft`` from recipes/qwen2.5-math-1.5b/sft.yaml) on
    batches of the same shape: tokens/s and its ratio to the bare loop (target >= 0.9);
-3. 3 steps of the grpo stage with transformers generation: the step-time split and rollout tokens/s;
+3. 3 steps of the grpo stage with transformers generation (the recipe's rewards without the PRM bonus, which
+   scores correct answers only: random weights write none): the step-time split and rollout tokens/s;
 4. a short prm stage run (token classification, LoRA) and PRM scoring throughput (PRMScorer);
 5. each stage's peak memory (``torch.cuda.max_memory_allocated``, bench/memory_probe.py) against
    plan-memory's estimate for the same run and against 40 GiB (one A100 40GB);
@@ -289,7 +290,7 @@ def main() -> int:
                      "--per_device_train_batch_size", str(size["grpo_batch"]), "--num_generations", "4",
                      "--max_completion_length", str(size["grpo_completion"]), "--train_data", "arith:train:64",
                      "--eval_data", "none", "--reward_funcs", "pot_correctness", "pot_format", "brevity",
-                     "--reward_weights", "1.0", "0.1", "1.0")
+                     "--reward_weights", "1.0", "0.1", "1.0", "--reward_options", json.dumps({"brevity": {"coef": 2e-4}}))
     if "error" in grpo:
         summary["errors"]["grpo stage"] = grpo["error"]
     else:

@@ -107,16 +107,17 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("stage", ["sft", "prm", "grpo", "length_rl"])
-def test_reference_recipes_state_what_plan_memory_prints(stage):
+def test_reference_recipes_state_what_plan_memory_prints(stage, capsys):
     """Each reference recipe quotes plan-memory's verdict for one A100 40GB; the quote must stay true."""
     recipe = REPO / "recipes" / "qwen2.5-math-1.5b" / f"{stage}.yaml"
-    out = _cli("--config", str(recipe), "--gpu-memory", "40GiB", "--model_config", QWEN)
-    assert out.returncode == 0, out.stderr  # every reference recipe fits one A100 40GB
-    total = re.search(r"total\s+([0-9.]+) GiB", out.stdout).group(1)
-    largest = re.search(r"largest micro-batch that fits: (\d+)", out.stdout).group(1)
+    code = memory.main(["--config", str(recipe), "--gpu-memory", "40GiB", "--model_config", QWEN])
+    printed = capsys.readouterr().out
+    assert code == 0, printed  # every reference recipe fits one A100 40GB
+    total = re.search(r"total\s+([0-9.]+) GiB", printed).group(1)
+    largest = re.search(r"largest micro-batch that fits: (\d+)", printed).group(1)
     stated = re.search(r"plan-memory .*40GiB.*: ([0-9.]+) GiB.*largest micro-batch (\d+)", recipe.read_text())
     assert stated, f"{recipe} does not quote plan-memory's output"
-    assert (stated.group(1), stated.group(2)) == (total, largest), out.stdout
+    assert (stated.group(1), stated.group(2)) == (total, largest), printed
 
 
 def test_cli_names_the_knob_when_it_does_not_fit(tmp_path):
