@@ -122,7 +122,13 @@ def train(ctx: StageContext, args: SFTStageArguments, cfg, model_args, rows: lis
     from trl import SFTTrainer  # noqa: PLC0415
 
     from stages.common.generation import evaluate_pot  # noqa: PLC0415
-    from stages.common.modeling import load_causal_lm, load_tokenizer, peft_config, save_policy  # noqa: PLC0415
+    from stages.common.modeling import (  # noqa: PLC0415
+        full_state_dict,
+        load_causal_lm,
+        load_tokenizer,
+        peft_config,
+        save_policy,
+    )
 
     cfg.output_dir = str(ctx.trainer_dir)
     cfg.run_name = ctx.run_name
@@ -148,8 +154,9 @@ def train(ctx: StageContext, args: SFTStageArguments, cfg, model_args, rows: lis
         metrics["train_tokens"] = n_tokens
         metrics["train_tokens_per_s"] = n_tokens / train_s
     model = trainer.model
+    state_dict = full_state_dict(trainer)  # every rank: FSDP / ZeRO-3 gather their shards here
     if ctx.is_main:
-        save_policy(trainer.model, tokenizer, ctx.work_dir, args.export_merged)
+        save_policy(trainer.model, tokenizer, ctx.work_dir, args.export_merged, state_dict=state_dict)
     if eval_problems:
         tokenizer.padding_side = "left"
         t1 = time.perf_counter()

@@ -84,24 +84,38 @@ def _sft(runs: Path, run: str, launcher: list[str], *extra: str) -> subprocess.C
 
 @pytest.mark.slow
 def test_ddp_and_fsdp2_match_one_process(tmp_path):
+    """ddp.yaml (with the recipe's use_cpu) and fsdp2_cpu.yaml (fsdp2.yaml's sharding on gloo; accelerate 1.15
+    needs tests/fsdp_cpu_launch.py to turn FSDP on for CPU processes) over 2 processes of 8 rows reproduce the
+    losses of 1 process of 16 rows, and save whole weights equal to it."""
+    from safetensors.torch import load_file
+
     accelerate = str(Path(sys.executable).parent / "accelerate")
     _sft(tmp_path, "one", [sys.executable], "--per_device_train_batch_size", "16")
     one = _losses(tmp_path, "one")
-    assert len(one) == 4
-    for config, run in (("ddp.yaml", "ddp"), ("fsdp2_cpu.yaml", "fsdp2")):
+    assert len(one) == 4 and one[-1] < one[0]
+    weights = load_file(tmp_path / "one" / "sft" / "latest" / "model.safetensors")
+    for config, run, script in (("ddp.yaml", "ddp", []), ("fsdp2_cpu.yaml", "fsdp2", ["tests/fsdp_cpu_launch.py"])):
         launcher = [accelerate, "launch", "--config_file", f"accelerate_configs/{config}", "--num_processes", "2",
-                    "--mixed_precision", "no"]
-        _sft(tmp_path, run, launcher, "--per_device_train_batch_size", "8")
-        manifest = json.loads((tmp_path / run / "sft" / "latest" / "manifest.json").read_text())
-        assert manifest["config"]["world_size"] == 2
-        losses = _losses(tmp_path, run)
-        assert losses == pytest.approx(one, rel=LOSS_RTOL), (run, losses, one)
-        assert losses[-1] < losses[0]
-        # the saved model is whole (FSDP2 gathers the shards) and loads on its own
-        from transformers import AutoModelForCausalLM
+                    "--mixed_precision", "no", *script]
+        out = _sft(tmp_path, run, launcher, "--per_device_train_batch_size", "8", "--eval_data", "arith:test:6",
+                   "--eval_batch_size", "4", "--eval_max_new_tokens", "8")
+        assert ("fully_shard applied" in out.stderr) == (run == "fsdp2")
+        latest = tmp_path / run / "sft" / "latest"
+        assert json.loads((latest / "manifest.json").read_text())["config"]["world_size"] == 2
+        assert _losses(tmp_path, run) == pytest.approx(one, rel=LOSS_RTOL), run
+        saved = load_file(latest / "model.safetensors")  # gathered from the shards under FSDP2
+        assert saved.keys() == weights.keys()
+        assert max(float((saved[k] - weights[k]).abs().max()) for k in weights) < 1e-4, run
+        assert json.loads((latest / "metrics.json").read_text())["eval"]["n"] == 6  # generation across 2 ranks
 
-        model = AutoModelForCausalLM.from_pretrained(tmp_path / run / "sft" / "latest")
-        assert sum(p.numel() for p in model.parameters()) > 100_000
+
+def test_fsdp2_cpu_config_shards_like_the_gpu_config():
+    import yaml
+
+    gpu = yaml.safe_load((REPO / "accelerate_configs" / "fsdp2.yaml").read_text())
+    cpu = yaml.safe_load((REPO / "accelerate_configs" / "fsdp2_cpu.yaml").read_text())
+    assert cpu["fsdp_config"] == gpu["fsdp_config"] and cpu["distributed_type"] == gpu["distributed_type"]
+    assert cpu["use_cpu"] and not gpu.get("use_cpu")
 
 
 @pytest.mark.parametrize("key,value", [("attn_implementation", "flash_attention_2"), ("load_in_4bit", True)])

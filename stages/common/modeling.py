@@ -163,10 +163,39 @@ def peft_config(model_args: Any, task_type: str | None = None):
     return cfg
 
 
-def save_policy(model, tokenizer, out: Path, export_merged: bool = False) -> None:
+def full_state_dict(trainer) -> dict | None:
+    """Call on every rank after training: the full state dict of a sharded model (FSDP, DeepSpeed ZeRO-3),
+    gathered from the shards (a collective), for the main process to pass to :func:`save_policy`; None when
+    the model is whole on each rank (DDP, one process), which saves as it is."""
+    from accelerate.utils import DistributedType  # deferred: heavy
+
+    accelerator = trainer.accelerator
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if accelerator.state.deepspeed_plugin.zero_stage != 3:
+            return None
+    elif accelerator.distributed_type != DistributedType.FSDP:
+        return None
+    return accelerator.get_state_dict(trainer.model_wrapped)
+
+
+def _without_tied_output(model, state_dict: dict) -> dict:
+    """A gathered state dict holds the tied output embedding as its own copy: leave it out, as
+    ``save_pretrained`` does for the model's own (shared) tensors."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "tie_word_embeddings", False) or not hasattr(model, "get_output_embeddings"):
+        return state_dict
+    head = model.get_output_embeddings()
+    tied = {f"{name}.weight" for name, module in model.named_modules() if module is head}
+    return {k: v for k, v in state_dict.items() if k not in tied}
+
+
+def save_policy(model, tokenizer, out: Path, export_merged: bool = False, state_dict: dict | None = None) -> None:
     """A trained policy's full weights, or its PEFT adapter (plus merged full weights in
-    ``merged/`` on request), with the tokenizer set for generation (left padding)."""
-    model.save_pretrained(out)
+    ``merged/`` on request), with the tokenizer set for generation (left padding). A sharded model
+    (FSDP, ZeRO-3) needs ``state_dict`` from :func:`full_state_dict`."""
+    if state_dict is not None:
+        state_dict = _without_tied_output(model, state_dict)
+    model.save_pretrained(out, state_dict=state_dict)
     tokenizer.padding_side = "left"
     tokenizer.save_pretrained(out)
     if export_merged and hasattr(model, "merge_and_unload"):
