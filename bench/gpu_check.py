@@ -67,9 +67,8 @@ def sft_rows(tokenizer, n: int, seq: int) -> list[dict]:
     rows = []
     for p in generate_problems(n, split="train", seed=11):
         program = p["program"]
-        lines = []
-        while len(tokenizer("\n".join(lines), add_special_tokens=False)["input_ids"]) < seq:
-            lines.append(program)
+        per_copy = len(tokenizer(program + "\n", add_special_tokens=False)["input_ids"])
+        lines = [program] * (seq // max(1, per_copy) + 2)
         rows.append({"id": p["id"], "question": p["question"], "answer": p["answer"],
                      "completion": format_completion("\n".join(lines)), "executed_answer": p["answer"],
                      "correct": True, "source": "gpu_check", "n_tokens": seq})

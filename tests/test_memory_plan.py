@@ -151,3 +151,21 @@ def test_check_memory_plan_warns_before_loading(caplog, tmp_path):
     assert not caplog.text
     # without a GPU and without a budget there is nothing to check against
     assert memory.check_memory_plan("sft", values, str(tmp_path)) is None or __import__("torch").cuda.is_available()
+
+
+def test_hook_takes_a_stages_parsed_config(caplog):
+    """What the harness passes: the stage's parsed dataclasses, flattened (memory.flat_values)."""
+    from trl import ModelConfig, SFTConfig
+
+    from stages.common.config import parse_config
+    from stages.sft import SFTStageArguments
+
+    recipe = REPO / "recipes" / "qwen2.5-math-1.5b" / "sft.yaml"
+    parsed = parse_config((SFTStageArguments, SFTConfig, ModelConfig),
+                          ["--config", str(recipe), "--bf16", "false", "--use_cpu", "true"])
+    values = memory.flat_values(*parsed)
+    assert values["per_device_train_batch_size"] == 8 and values["max_length"] == 1024
+    with caplog.at_level(logging.WARNING):
+        plan = memory.check_memory_plan("sft", values, QWEN, budget=8 * memory.GiB)
+    assert plan.fits is False and plan.setup.micro_batch == 8 and plan.setup.gradient_checkpointing
+    assert "use_peft: true" in caplog.text

@@ -217,7 +217,8 @@ def _yaml_load(path: Path) -> dict[str, Any]:
 
 
 def _override_values(overrides: list[str]) -> dict[str, Any]:
-    """``--key value`` pairs (values read as YAML, like TrlParser's recipe values)."""
+    """``--key value [value ...]`` pairs (values read as YAML, like TrlParser's recipe values; several
+    values make a list, ``--key`` alone is true)."""
     import yaml  # deferred: only plan-memory reads recipes itself
 
     values: dict[str, Any] = {}
@@ -226,23 +227,14 @@ def _override_values(overrides: list[str]) -> dict[str, Any]:
         key = overrides[i]
         if not key.startswith("--"):
             raise MemoryPlanError(f"override '{key}' is not --key value")
-        name = key[2:]
-        if "=" in name:
-            name, raw = name.split("=", 1)
+        name, _, inline = key[2:].partition("=")
+        i += 1
+        raw = [inline] if inline else []
+        while not inline and i < len(overrides) and not overrides[i].startswith("--"):
+            raw.append(overrides[i])
             i += 1
-        elif i + 1 < len(overrides) and not overrides[i + 1].startswith("--"):
-            raw = overrides[i + 1]
-            i += 2
-        else:
-            raw, i = "true", i + 1
-        if name in ("lora_target_modules", "reward_funcs", "train_data", "eval_data"):
-            vals = [raw]
-            while i < len(overrides) and not overrides[i].startswith("--"):
-                vals.append(overrides[i])
-                i += 1
-            values[name] = vals
-            continue
-        values[name] = yaml.safe_load(raw)
+        parsed = [yaml.safe_load(r) for r in raw]
+        values[name] = True if not parsed else parsed[0] if len(parsed) == 1 else parsed
     return values
 
 
