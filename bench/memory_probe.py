@@ -10,7 +10,8 @@ Runs the stage in this process (``runpy``, exactly as ``python -m stages.sft ...
   safetensors file; they are touched once after loading, so that a frozen embedding counts in full, as it
   does on a GPU), sampled every millisecond by a thread (torch releases the GIL inside its kernels),
   with glibc's mmap threshold pinned at 64 KiB (``MALLOC_MMAP_THRESHOLD_``) so that freed tensors leave
-  the resident set at once instead of staying in malloc's heap. On CUDA:
+  the resident set at once instead of staying in malloc's heap, and oneDNN's primitive cache off
+  (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=0``: on CPU it keeps reordered bf16 weights per matmul shape). On CUDA:
   ``torch.cuda.max_memory_allocated`` over the window.
 - ``plan_bytes``: :func:`stages.common.memory.plan_for_recipe` for the same recipe and overrides, at the
   micro-batch and sequence length the run really had (the largest ``input_ids`` the model saw in training),
@@ -29,7 +30,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-MMAP_THRESHOLD = "65536"
+# glibc: freed tensors leave the resident set at once; oneDNN: no cache of bf16 weights reordered for each new
+# matmul shape (a CPU-only cost that grows with every new sequence length, e.g. each step of generation
+# without a KV cache; a GPU has no such cache)
+PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "0"}
 
 
 class RSSSampler(threading.Thread):
@@ -85,9 +89,9 @@ def main() -> int:
     parser.add_argument("stage", nargs=argparse.REMAINDER, help="-- -m stages.<x> --config ... (the stage command)")
     opts = parser.parse_args()
     stage_args = [a for a in opts.stage if a != "--"] if opts.stage[:1] == ["--"] else opts.stage
-    if os.environ.get("MALLOC_MMAP_THRESHOLD_") != MMAP_THRESHOLD:
-        # glibc reads it at start-up: start again with it set
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD
+    if any(os.environ.get(k) != v for k, v in PROBE_ENV.items()):
+        # glibc and oneDNN read them at start-up: start again with them set
+        os.environ.update(PROBE_ENV)
         os.execv(sys.executable, [sys.executable, *sys.argv])
     sys.path.insert(0, str(REPO))
     module, recipe, overrides, model = _stage_overrides(stage_args)

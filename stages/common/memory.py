@@ -464,8 +464,9 @@ def plan_memory(shape: ModelShape, s: TrainingSetup, *, model: str = "", budget:
         acts += tokens * (4 + act) * shape.hidden  # embedding output and final norm
         if s.head == "lm":
             tile = min(tokens, HEAD_TOKEN_TILE) * min(shape.vocab, HEAD_VOCAB_TILE)
-            # kept hidden states + fp32 hidden gradient, and the tile (with fp32 temporaries off CUDA)
-            head = tokens * shape.hidden * (act + 4) + tile * (act + (0 if s.device == "cuda" else 3 * 4))
+            # kept hidden states + fp32 hidden gradient, and the tile; off CUDA the tile's log-softmax runs as torch
+            # ops with about six fp32 temporaries of its size (measured), on CUDA in a Triton kernel
+            head = tokens * shape.hidden * (act + 4) + tile * (act + (0 if s.device == "cuda" else 6 * 4))
         elif s.head == "full_logits":
             head = tokens * shape.vocab * FULL_LOGITS_BYTES
         else:
