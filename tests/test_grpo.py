@@ -1,4 +1,4 @@
-"""The RL machinery shared by grpo and length_rl (stages/common/rl.py): gold-answer guard rails,
+"""The RL machinery shared by grpo and length_rl (stages/rl_lib): gold-answer guard rails,
 the optional PRM bonus, @latest_policy, the zero-spread share, and the recipes' dry runs."""
 
 from __future__ import annotations

@@ -38,8 +38,10 @@ def load_policy(path: str, model_args: Any = None) -> Policy:
     return Policy(modeling.load_causal_lm(path, model_args), tokenizer)
 
 
-def save_policy(policy: Policy, out: Path, export_merged: bool = False) -> None:
-    modeling.save_policy(policy.model, policy.tokenizer, out, export_merged)
+def save_policy(policy: Policy, out: Path, export_merged: bool = False, state_dict: dict | None = None) -> None:
+    """Save on the main process; a sharded model (FSDP, ZeRO-3) passes the ``state_dict`` that every
+    rank gathered (``stages.common.modeling.full_state_dict``)."""
+    modeling.save_policy(policy.model, policy.tokenizer, out, export_merged, state_dict=state_dict)
 
 
 def synth_file(folder: str | Path) -> Path:
