@@ -311,7 +311,10 @@ def setup_from_values(stage: str, values: dict[str, Any], shape: ModelShape, *, 
     targets = values.get("lora_target_modules") or PEFT_DEFAULT_TARGETS
     if isinstance(targets, str):
         targets = LINEAR_NAMES if targets == "all-linear" else (targets,)
-    gc = values.get("gradient_checkpointing")
+    # transformers 5 names it activation_checkpointing (gradient_checkpointing is its deprecated alias)
+    gc = values.get("activation_checkpointing")
+    if gc is None:
+        gc = values.get("gradient_checkpointing")
     return TrainingSetup(
         stage=stage, micro_batch=micro_batch or batch, seq_len=seq_len or tokens, weight_dtype=dtype,
         autocast_bf16=bf16 and DTYPE_BYTES[dtype] == 4, gradient_checkpointing=bool(gc),
@@ -354,7 +357,7 @@ class MemoryPlan:
             out.append(f"per_device_train_batch_size: {self.largest_micro_batch} (with gradient_accumulation_steps "
                        f"x{math.ceil(s.micro_batch / self.largest_micro_batch)} for the same batch)")
         if not s.gradient_checkpointing:
-            out.append("gradient_checkpointing: true")
+            out.append("activation_checkpointing: true")
         if not s.use_peft:
             out.append("use_peft: true (LoRA)")
         elif not s.load_in_4bit:
