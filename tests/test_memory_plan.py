@@ -125,7 +125,7 @@ def test_cli_names_the_knob_when_it_does_not_fit(tmp_path):
     out = _cli("--config", str(recipe), "--gpu-memory", "24GiB", "--model_config", QWEN, "--",
                "--gradient_checkpointing", "false", "--per_device_train_batch_size", "32")
     assert out.returncode == 1
-    assert "DOES NOT FIT" in out.stdout and "gradient_checkpointing: true" in out.stdout
+    assert "DOES NOT FIT" in out.stdout and "activation_checkpointing: true" in out.stdout
     assert "per_device_train_batch_size" in out.stdout
 
 
@@ -143,7 +143,7 @@ def test_check_memory_plan_warns_before_loading(caplog, tmp_path):
     with caplog.at_level(logging.WARNING):
         plan = memory.check_memory_plan("sft", values, str(tmp_path), budget=40 * memory.GiB)
     assert plan is not None and plan.fits is False
-    assert "gradient_checkpointing: true" in caplog.text and "per_device_train_batch_size" in caplog.text
+    assert "activation_checkpointing: true" in caplog.text and "per_device_train_batch_size" in caplog.text
     caplog.clear()
     values.update(per_device_train_batch_size=1, gradient_checkpointing=True)
     with caplog.at_level(logging.WARNING):
