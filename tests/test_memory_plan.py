@@ -123,7 +123,7 @@ def test_reference_recipes_state_what_plan_memory_prints(stage, capsys):
 def test_cli_names_the_knob_when_it_does_not_fit(tmp_path):
     recipe = REPO / "recipes" / "qwen2.5-math-1.5b" / "sft.yaml"
     out = _cli("--config", str(recipe), "--gpu-memory", "24GiB", "--model_config", QWEN, "--",
-               "--gradient_checkpointing", "false", "--per_device_train_batch_size", "32")
+               "--activation_checkpointing", "false", "--per_device_train_batch_size", "32")
     assert out.returncode == 1
     assert "DOES NOT FIT" in out.stdout and "activation_checkpointing: true" in out.stdout
     assert "per_device_train_batch_size" in out.stdout
