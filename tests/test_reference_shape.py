@@ -38,7 +38,7 @@ def _prm(kind: str, model: Path, tmp_path: Path):
     data = _stepwise_file(tmp_path)
     # MC labels need a policy that writes programs; random weights do not, so the labels are imported.
     return run_reference_stage("prm", model, tmp_path, "--label_source", "import", "--import_files", str(data),
-                               "--bon_problems", "none", "--eval_fraction", "0.25", "--gradient_checkpointing", "true",
+                               "--bon_problems", "none", "--eval_fraction", "0.25", "--activation_checkpointing", "true",
                                "--prm_type", kind, *LENGTHS)
 
 
