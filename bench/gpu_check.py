@@ -274,7 +274,7 @@ def main() -> int:
     _log("sft stage")
     sft = run_stage("sft", model_dir, work, size, "--train_data", str(data), "--max_length", str(size["seq"]),
                     "--per_device_train_batch_size", str(size["batch"]), "--max_steps", str(size["sft_steps"]),
-                    "--eval_data", "none", "--gradient_checkpointing", "true", "--train_sampling_strategy", "random")
+                    "--eval_data", "none", "--activation_checkpointing", "true", "--train_sampling_strategy", "random")
     if "error" in sft:
         summary["errors"]["sft stage"] = sft["error"]
     else:
