@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -313,7 +314,7 @@ class AnthropicChat(_RemoteChat):
     ``anthropic`` SDK, its own retries off (:class:`_RemoteChat` retries 429, 529 overloaded, 5xx,
     timeouts and malformed bodies). The API returns one sample per request, so ``n`` samples are
     ``n`` requests; system messages go into ``system``; temperature is capped at 1.0 (the API's
-    range); the API takes no seed."""
+    range) and sent only when the installed SDK takes one; the API takes no seed."""
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "ANTHROPIC_API_KEY",
                  request_timeout_s: float = 60.0, **kw: Any):
@@ -327,6 +328,8 @@ class AnthropicChat(_RemoteChat):
         # The key lives only inside the client object, which nothing serialises.
         self._client = anthropic.Anthropic(base_url=base_url, api_key=key, max_retries=0, timeout=request_timeout_s)
         self._anthropic = anthropic
+        # SDK releases without a sampling temperature (newer models fix it) get none
+        self._takes_temperature = "temperature" in inspect.signature(self._client.messages.create).parameters
 
     def __repr__(self) -> str:  # never the key
         return f"AnthropicChat(model={self.model!r}, base_url={self.base_url!r})"
@@ -335,10 +338,11 @@ class AnthropicChat(_RemoteChat):
         an = self._anthropic
         system = "\n\n".join(c for r, c in req.messages if r == "system")
         kwargs: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens, "timeout": timeout,
-                                  "temperature": min(1.0, max(0.0, req.temperature)),
                                   "messages": [{"role": r, "content": c} for r, c in req.messages if r != "system"]}
         if system:
             kwargs["system"] = system
+        if self._takes_temperature:
+            kwargs["temperature"] = min(1.0, max(0.0, req.temperature))
         try:
             resp = self._client.messages.create(**kwargs)
         except an.RateLimitError as e:
@@ -351,7 +355,7 @@ class AnthropicChat(_RemoteChat):
             if e.status_code >= 500 or e.status_code in (408, 409):
                 raise _Retryable(f"http_{e.status_code}", _short(e.message), _retry_after(e)) from e
             raise _Fatal(f"http_{e.status_code}", _short(e.message)) from e
-        except (an.APIResponseValidationError, ValueError, TypeError, KeyError) as e:  # a body that is not JSON
+        except (an.APIResponseValidationError, ValueError) as e:  # a body that is not JSON
             raise _Retryable("malformed", f"unreadable response body: {_short(str(e))}") from e
         blocks = getattr(resp, "content", None)
         if not isinstance(blocks, list):
