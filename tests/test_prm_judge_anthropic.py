@@ -28,6 +28,7 @@ class FakeMessagesAPI:
 
     def __init__(self):
         self.script: dict[str, list[str]] = {}
+        self.programs: dict[str, tuple[str, str, int]] = {}  # question -> (right, wrong, wrong samples first)
         self.calls: dict[str, int] = defaultdict(int)
         self.keys: set[str] = set()
         self.bodies: list[dict] = []
@@ -41,6 +42,15 @@ class FakeMessagesAPI:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 user = body["messages"][-1]["content"]
+                if user in api.programs:  # asked to solve (judge_generates): wrong samples first, then right ones
+                    right, wrong, n_wrong = api.programs[user]
+                    with api.lock:
+                        k = api.calls[user]
+                        api.calls[user] += 1
+                    text = f"```python\n{wrong if k < n_wrong else right}\n```"
+                    return self._send(200, {"id": "m", "type": "message", "role": "assistant", "model": body["model"],
+                                            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                                            "usage": {"input_tokens": 80, "output_tokens": 30}})
                 problem = user.split("\n")[1]
                 with api.lock:
                     k = api.calls[problem]
@@ -56,7 +66,7 @@ class FakeMessagesAPI:
                 if what == "garbage":
                     return self._raw(200, b"{not json")
                 bodies = re.split(r"Step \d+:\n", user.split("Solution steps:\n", 1)[1])[1:]
-                verdicts = "\n".join(f"Step {i + 1}: {'incorrect' if '/ 0' in s else 'correct'}"
+                verdicts = "\n".join(f"Step {i + 1}: {'incorrect' if '/ 0' in s or '-1' in s else 'correct'}"
                                      for i, s in enumerate(bodies))
                 self._send(200, {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
                                  "content": [{"type": "text", "text": verdicts}], "stop_reason": "end_turn",
@@ -159,3 +169,37 @@ def test_the_prm_stage_builds_the_anthropic_judge(monkeypatch, tmp_path):
     assert isinstance(chat, AnthropicChat) and chat.name == "anthropic:claude-sonnet-4-0"
     with pytest.raises(ChatConfigError, match="judge_model"):
         judge_model(SimpleNamespace(**{**vars(args), "judge_model": None}), tmp_path)
+
+
+@pytest.mark.slow
+def test_generate_and_score_end_to_end_claude_writes_and_judges_mining_filters(api, tmp_path):
+    """generate-and-score's method 2 on the tiny backbone: the (fake) Claude writes 5 solutions per
+    problem and judges their steps; mistake mining keeps the problems it fails 30% to 80% of the time."""
+    from stages.common.arith import generate_problems
+    from stages.prm import main
+
+    problems = generate_problems(6, split="train", seed=11)
+    for n_wrong, p in enumerate(problems):  # fail rates 0, 0.2, 0.4, 0.6, 0.8, 1.0
+        api.programs[p["question"]] = (p["program"], "answer = -1\nprint(answer)", n_wrong)
+    recipe = tmp_path / "prm.yaml"
+    settings = {"model_name_or_path": "tiny", "dtype": "float32", "attn_implementation": "eager", "use_cpu": True,
+                "seed": 0, "num_train_epochs": 1, "save_strategy": "no", "report_to": "none", "bon_problems": "none",
+                "label_source": "judge", "judge": "anthropic", "judge_model": "claude-sonnet-4-0",
+                "judge_base_url": api.url, "judge_api_key_env": "MF_ANTHROPIC_TEST_KEY", "judge_generates": True,
+                "judge_transform": "he", "label_problems": "arith:train:6:11", "eval_fraction": 0.0}
+    recipe.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()))
+    runs = tmp_path / "runs"
+    out = main(["--config", str(recipe), "--runs_dir", str(runs), "--run", "r"])
+    m = json.loads((out / "metrics.json").read_text())["labels"]
+    assert (m["mining"], m["problems"], m["problems_kept"]) == ("filter", 6, 3)  # samples_per_problem 5: the default
+    assert m["samples"] == 30 and m["solutions"] == 6  # one right and one wrong distinct program per kept problem
+    rows = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
+    kept = {problems[k]["question"] for k in (2, 3, 4)}
+    assert {r["prompt"] for r in rows} == kept
+    # HE: +1 only when the step and the whole solution are right, stored as (r + 1) / 2
+    assert sorted(tuple(r["labels"]) for r in rows if not r["solution_correct"]) == [(0.0, 0.0)] * 3
+    assert all(set(r["labels"]) == {1.0} for r in rows if r["solution_correct"])
+    assert m["judge_usage"]["requests"] == 30 + 6 and m["judge_failed"] == 0
+    before = api.total
+    again = main(["--config", str(recipe), "--runs_dir", str(runs), "--run", "r", "--learning_rate", "1e-4"])
+    assert again != out and api.total == before  # a new version, and the cache paid for every response
