@@ -3,8 +3,8 @@
 ``model_name_or_path`` in a recipe (``trl.ModelConfig``) may be a hub id (``Qwen/Qwen2.5-Math-1.5B``),
 a local HF folder, a stage checkpoint (``runs/<run>/sft`` or ``runs/<run>/sft/v2``) or ``tiny``, the
 embedded default model, which is built once per run into ``runs/<run>/base/`` as an ordinary
-checkpoint. dtype, attention implementation (``auto``: FlashAttention-2 where installed on a GPU, else SDPA), quantization (QLoRA through bitsandbytes) and LoRA
-(through peft) come from ``ModelConfig``.
+checkpoint. dtype, attention implementation (``auto``: FlashAttention-2 where installed on a GPU,
+else SDPA), quantization (QLoRA through bitsandbytes) and LoRA (through peft) come from ``ModelConfig``.
 """
 
 from __future__ import annotations
