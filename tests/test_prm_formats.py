@@ -19,9 +19,9 @@ from stages.common.arith import generate_problems
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _pairs(n: int, seed: int = 3):
+def _pairs(n: int, seed: int = 3, split: str = "train"):
     """(question, correct steps, steps with one corrupted, index of the corrupted step) per problem."""
-    for i, p in enumerate(generate_problems(n, split="train", seed=seed)):
+    for i, p in enumerate(generate_problems(n, split=split, seed=seed)):
         steps = p["program"].splitlines()
         k = 1 + i % (len(steps) - 1)
         yield p["question"], steps, steps[:k] + [steps[k] + " * 0"] + steps[k + 1 :], k
@@ -179,9 +179,13 @@ def test_embeddings_prm_on_a_frozen_pretrained_minilm(tmp_path):
     head_params = sum(t.numel() for t in load_file(str(out / "model.safetensors")).values())
     assert head_params == 384 * 64 + 64 + 64 * 2 + 2  # the head alone is trained; the encoder stays frozen
     scorer = PRMScorer(tmp_path / "runs" / "r" / "prm")
-    q, good, bad = _held_out_pair()
-    s_good, s_bad = scorer.score_steps([q, q], [good, bad])
-    assert s_bad[1] < 0.5 < s_good[1]
+    held_out = list(_pairs(20, seed=9, split="test"))
+    scores = scorer.score_steps([q for q, *_ in held_out for _ in (0, 1)],
+                                [steps for _, good, bad, _ in held_out for steps in (good, bad)])
+    ranked = [bad_s[k] < good_s[k] for (_, _, _, k), good_s, bad_s in zip(held_out, scores[::2], scores[1::2],
+                                                                           strict=True)]
+    assert sum(ranked) >= 0.7 * len(ranked), ranked  # the corrupted step scores below its correct twin
+    q, good = held_out[0][0], held_out[0][1]
     assert torch.allclose(scorer.encoder.embed_pairs([(q, good[0])])[0],
                           encoder.embed_pairs([(q, good[0])])[0], atol=1e-5)  # the checkpoint's encoder copy
 

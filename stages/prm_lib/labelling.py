@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -157,7 +158,9 @@ def judge_model(args: Any, run_dir: Path):
 
 def judge_rows(chat, cache, solutions: Sequence[dict], transform: str) -> tuple[list[dict], int]:
     """Stepwise rows from the judge's verdicts (transformed by HE or SE); returns (rows, failed)."""
-    items = [(f"{s['id']}#{i}", s["question"], split_solution(s["completion"])) for i, s in enumerate(solutions)]
+    # keyed by the solution's text, not its position: a rerun asks the cache for the same judgements
+    items = [(f"{s['id']}#{hashlib.sha256(s['completion'].encode()).hexdigest()[:16]}", s["question"],
+              split_solution(s["completion"])) for s in solutions]
     verdicts = labels.judge_labels(chat, cache, items)
     rows, failed = [], 0
     for s, (_, q, steps), v in zip(solutions, items, verdicts, strict=True):
@@ -180,8 +183,10 @@ def teacher_solutions(chat, cache, problems: Sequence[dict], n: int, max_tokens:
     reqs = [(f"gen:{p['id']}", ChatRequest.of(f"gen:{p['id']}", build_messages(p["question"]), n=n,
                                               temperature=0.8, max_tokens=max_tokens), list(range(n)))
             for p in problems]
-    by_id = {f"gen:{p['id']}": p for p in problems}
-    got = [(by_id[s.item_id], s.text) for s in complete_cached(chat, cache, reqs) if s.text]
+    by_id = {f"gen:{p['id']}": (k, p) for k, p in enumerate(problems)}
+    # in problem and sample order, whichever responses came from the cache or arrived first
+    fresh = sorted((by_id[s.item_id][0], s.sample, s.text) for s in complete_cached(chat, cache, reqs) if s.text)
+    got = [(problems[k], text) for k, _, text in fresh]
     scores = score_pot([t for _, t in got], [p["answer"] for p, _ in got])
     return [{"id": p["id"], "question": p["question"], "answer": p["answer"], "completion": t,
              "executed_answer": sc.answer, "correct": bool(sc.correct)} for (p, t), sc in zip(got, scores, strict=True)]
