@@ -27,7 +27,7 @@ def main() -> None:
     from stages.common.steps import split_solution
     from stages.common.tiny import build_tokenizer
     from stages.prm_lib.implicit import ImplicitHead
-    from stages.prm_lib.model import EncodingConfig, completion_start, encode_solution
+    from stages.prm_lib.model import EncodingConfig, completion_start, encode_solution, prefix_sequences
     from stages.prm_lib.scorer import collate_ids
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -55,7 +55,7 @@ def main() -> None:
     enc = EncodingConfig(chat_template=False)
     steps = [split_solution("```python\n" + p["program"] + "\n```") for p in problems]
     full = [encode_solution(tok, p["question"], s, enc, truncate=False) for p, s in zip(problems, steps, strict=True)]
-    prefixes = [ids[: pos[i] + 1] for ids, pos in full for i in range(len(pos))]
+    prefixes = [seq for ids, pos in full for seq in prefix_sequences(ids, pos)]  # the stage's own inputs
     pad = tok.pad_token_id
 
     def one_pass() -> None:

@@ -13,7 +13,8 @@ results (``<checkpoint>/eval/*/results.json``, see ``eval.results``) and trainer
 - training curves (loss, reward terms, KL, completion length) from each trainer log;
 - data yields (rows of every data artifact, and the yield figures a stage reports);
 - PRM metrics (the numbers a ``prm`` checkpoint reports in [0, 1]);
-- the checkpoint lineage (stage, version, parent, config hash, times).
+- the checkpoint lineage (stage, version, parent, config hash, times);
+- links to each checkpoint's TensorBoard event files (``report_to: tensorboard``).
 
 The HTML marks an image that failed to load (``img.broken``) and records every image's
 ``naturalWidth`` in ``<body data-images>`` once loaded, which the headless-browser test reads.
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stages.common.checkpoint import run_checkpoints
+from stages.common.checkpoint import TENSORBOARD_DIR, run_checkpoints
 from stages.common.data import atomic_write_text
 
 ASSETS = "report_files"
@@ -493,11 +494,38 @@ def build(run_dir: Path) -> tuple[Path, Path]:
         if rows:
             parts.append(html_table(rows))
             md += [md_table(rows), ""]
+    tracking_html, tracking_md = tracking_section(ckpts, run_dir)
+    parts.append(tracking_html)
+    md += tracking_md
     parts.append(_SCRIPT + "</body></html>")
     html_path, md_path = run_dir / "report.html", run_dir / "report.md"
     atomic_write_text(html_path, "\n".join(parts))
     atomic_write_text(md_path, "\n".join(md))
     return html_path, md_path
+
+
+def tracking_section(ckpts: list[Checkpoint], run_dir: Path) -> tuple[str, list[str]]:
+    """Links to each checkpoint's TensorBoard event files (``<checkpoint>/tensorboard/``, written
+    with ``report_to: tensorboard``) and the command that shows them all; HTML and markdown."""
+    found = []
+    for c in ckpts:
+        events = sorted((c.path / TENSORBOARD_DIR).rglob("events.out.tfevents.*"))
+        if events:
+            try:
+                where = (c.path / TENSORBOARD_DIR).resolve().relative_to(run_dir.resolve())
+            except ValueError:
+                where = (c.path / TENSORBOARD_DIR).resolve()
+            found.append((c.label, where, len(events)))
+    title = "Tracking (TensorBoard)"
+    if not found:
+        note = "no TensorBoard event files (report_to: tensorboard in a stage's recipe writes them)"
+        return (f"<h2>{title}</h2><p class='note'>{html.escape(note)}</p>", [f"## {title}", "", f"_{note}_", ""])
+    command = f"tensorboard --logdir {run_dir}"
+    items = "".join(f"<li>{html.escape(label)}: <a href='{html.escape(str(where))}/'>{html.escape(str(where))}</a> "
+                    f"({n} event file(s))</li>" for label, where, n in found)
+    md = [f"## {title}", "", f"`{command}`", ""] + [f"- {label}: [{where}]({where}/) ({n} event file(s))"
+                                                   for label, where, n in found] + [""]
+    return f"<h2>{title}</h2><p><code>{html.escape(command)}</code></p><ul>{items}</ul>", md
 
 
 def main(argv: list[str] | None = None) -> int:

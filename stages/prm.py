@@ -5,16 +5,23 @@ recipes/tiny/prm.yaml`` (or ``python -m stages.prm ...``). Steps (:mod:`stages.p
 
 1. step labels (``label_source``): ``mc`` (Math-Shepherd rollouts by the policy), ``judge`` (an
    LLM judge, optionally with the HE / SE transforms, the policy or the judge generating) or
-   ``import`` (PRM800K, Math-Shepherd, ``pi`` scores, text/label rows, stepwise jsonl); the
-   policy's problems are ordered by mistake mining (:mod:`stages.prm_lib.labelling`);
-2. training: token classification at the step positions (:mod:`stages.prm_lib.trainer`), two
-   classes, three classes or soft labels, LoRA (TOKEN_CLS), class weights, last step only; or
-   ``prm_type: implicit``, a causal LM scored by its log-likelihood ratio to a frozen reference
-   (:mod:`stages.prm_lib.implicit`; LoRA CAUSAL_LM); ``reweight: dreamprm`` learns instance or
-   domain weights on a meta set (:mod:`stages.prm_lib.reweight`), ``--baseline`` switches that off;
-3. evaluation into metrics.json: step metrics, ProcessBench first-error F1, best-of-N.
+   ``import`` (PRM800K, Math-Shepherd, ProcessRewardTrainer's input/value/label, DreamPRM,
+   text/label rows, stepwise jsonl); mistake mining keeps the problems the policy fails 30% to 80%
+   of the time (:mod:`stages.prm_lib.labelling`);
+2. training (``prm_type``): token classification at the step positions
+   (:mod:`stages.prm_lib.trainer`), two classes, three classes or soft labels, LoRA (TOKEN_CLS),
+   class weights, last step only; ``implicit``, a causal LM scored by its log-likelihood ratio to a
+   frozen reference (:mod:`stages.prm_lib.implicit`; LoRA CAUSAL_LM); ``sequence_classification``,
+   the seed's PRM, one pass per step prefix (LoRA SEQ_CLS); ``embeddings``, a frozen sentence
+   encoder and a small head (:mod:`stages.prm_lib.embeddings`); ``reweight: instance | domain``
+   learns DreamPRM weights on a meta set (held out, or ``meta_json_file``;
+   :mod:`stages.prm_lib.reweight`), ``--baseline`` switches that off;
+3. evaluation into metrics.json: step metrics, per-class metrics with the confusion matrix,
+   ProcessBench first-error F1, best-of-N.
 
-Scoring for people: ``python -m stages.prm score IN.jsonl -o OUT.jsonl [--checkpoint DIR]``.
+For people: ``python -m stages.prm score IN.jsonl -o OUT.jsonl [--checkpoint DIR]`` (step scores)
+and ``python -m stages.prm predict IN.jsonl -o OUT.jsonl [--checkpoint DIR]`` (step classes with
+their probabilities).
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from transformers import TrainingArguments
 from trl import ModelConfig
 
 from stages.harness import Stage, cli
-from stages.prm_lib.cli import score_command
+from stages.prm_lib.cli import predict_command, score_command
 from stages.prm_lib.stage import PRMStageArguments, build, prepare
 
 STAGE = Stage("prm", (PRMStageArguments, TrainingArguments, ModelConfig), prepare=prepare, build=build)
@@ -34,4 +41,4 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    cli(STAGE, commands={"score": score_command})
+    cli(STAGE, commands={"score": score_command, "predict": predict_command})

@@ -123,7 +123,7 @@ def test_reference_recipes_state_what_plan_memory_prints(stage, capsys):
 def test_cli_names_the_knob_when_it_does_not_fit(tmp_path):
     recipe = REPO / "recipes" / "qwen2.5-math-1.5b" / "sft.yaml"
     out = _cli("--config", str(recipe), "--gpu-memory", "24GiB", "--model_config", QWEN, "--",
-               "--activation_checkpointing", "false", "--per_device_train_batch_size", "32")
+               "--activation_checkpointing", "false", "--per_device_train_batch_size", "32", "--max_length", "1024")
     assert out.returncode == 1
     assert "DOES NOT FIT" in out.stdout and "activation_checkpointing: true" in out.stdout
     assert "per_device_train_batch_size" in out.stdout
@@ -164,7 +164,7 @@ def test_hook_takes_a_stages_parsed_config(caplog):
     parsed = parse_config((SFTStageArguments, SFTConfig, ModelConfig),
                           ["--config", str(recipe), "--bf16", "false", "--use_cpu", "true"])
     values = memory.flat_values(*parsed)
-    assert values["per_device_train_batch_size"] == 8 and values["max_length"] == 1024
+    assert values["per_device_train_batch_size"] == 8 and values["max_length"] == 4096
     with caplog.at_level(logging.WARNING):
         plan = memory.check_memory_plan("sft", values, QWEN, budget=8 * memory.GiB)
     assert plan.fits is False and plan.setup.micro_batch == 8 and plan.setup.gradient_checkpointing

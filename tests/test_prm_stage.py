@@ -98,18 +98,28 @@ def test_implicit_prm_under_accelerate_with_two_processes(tmp_path):
 
 
 @pytest.mark.slow
-def test_mc_labels_from_a_policy_and_best_of_n(tmp_path):
+def test_mc_labels_from_a_policy_and_best_of_n(tmp_path, monkeypatch):
     from stages.prm import main
+    from stages.prm_lib import stage as prm_stage
 
+    # mistake mining filters by fail rate: the untrained policy fails everything, so [0.5, 1] keeps all
     recipe = _recipe(tmp_path, label_source="mc", label_problems="arith:train:4", samples_per_problem=2,
+                     mining="filter", fail_rate_low=0.5, fail_rate_high=1.0, mined_problems=3,
                      max_label_solutions=4, mc_rollouts=2, gen_max_new_tokens=16, bon_problems="arith:test:3",
                      bon_n=2, num_train_epochs=1)
     runs = tmp_path / "runs"
     argv = ["--config", str(recipe), "--runs_dir", str(runs), "--run", "r"]
     assert main(argv + ["--dry_run"]) is None and not (runs / "r" / "prm").exists()
+    loaded = []
+    load_policy = prm_stage.load_policy
+    monkeypatch.setattr(prm_stage, "load_policy", lambda path, args: loaded.append(args) or load_policy(path, args))
     out = main(argv)
+    # the policy gets the recipe's dtype and attention (not the backbone's LoRA / quantization)
+    assert [(a.dtype, a.attn_implementation, a.use_peft) for a in loaded] == [("float32", "eager", False)]
     metrics = json.loads((out / "metrics.json").read_text())
     labels = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
+    assert metrics["labels"]["mining"] == "filter" and metrics["labels"]["problems_kept"] == 3
+    assert len({r["id"] for r in labels}) <= 3
     assert metrics["labels"]["solutions"] == len(labels) > 0
     assert all(len(r["labels"]) == len(r["completions"]) == len(r["soft_labels"]) for r in labels)
     assert metrics["best_of_n"]["n_problems"] == 3 and "random" in metrics["best_of_n"]
@@ -128,3 +138,11 @@ def test_config_errors_name_the_field(tmp_path):
         main(["--config", str(_recipe(tmp_path, prm_type="value_head")), "--runs_dir", str(tmp_path)])
     with pytest.raises(ConfigError, match="three"):
         main(["--config", str(_recipe(tmp_path, prm_type="implicit", label_mode="three")), "--runs_dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="mining"):
+        main(["--config", str(_recipe(tmp_path, mining="sort")), "--runs_dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="fail_rate_low"):
+        main(["--config", str(_recipe(tmp_path, fail_rate_low=0.9, fail_rate_high=0.3)), "--runs_dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="judge"):
+        main(["--config", str(_recipe(tmp_path, judge="claude")), "--runs_dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="use_peft"):
+        main(["--config", str(_recipe(tmp_path, prm_type="embeddings", use_peft=True)), "--runs_dir", str(tmp_path)])

@@ -61,3 +61,37 @@ def test_tiny_recipe_has_a_teacher_style_mix_and_evaluates_the_usual_and_the_har
         args = _parse(Path("recipes/tiny") / f"{stage}.yaml")[0]
         levels = {row["level"] for src in args.train_data for row in load_problems(src)[:8]}
         assert levels == {1, 2, 3, 4}, (stage, levels)  # hard problems mixed with usual ones
+
+
+def test_reference_recipe_follows_the_seed_where_it_is_explicit():
+    sft_args, sft, sft_model = _parse(Path("recipes/qwen2.5-math-1.5b/sft.yaml"))
+    assert (sft.learning_rate, sft.max_length, sft.activation_checkpointing) == (2e-5, 4096, True)
+    for stage in ("sft", "prm", "grpo", "length_rl"):
+        assert _parse(Path("recipes/qwen2.5-math-1.5b") / f"{stage}.yaml")[2].attn_implementation == "auto"
+    grpo_args, grpo, _ = _parse(Path("recipes/qwen2.5-math-1.5b/grpo.yaml"))
+    assert (grpo.learning_rate, grpo.beta, grpo.num_generations) == (1e-6, 0.02, 4)
+    assert grpo_args.reward_options["brevity"]["coef"] == 0.0002
+    prm_args, _, _ = _parse(Path("recipes/qwen2.5-math-1.5b/prm.yaml"))
+    assert prm_args.reweight == "none"  # GSM8K alone is one domain (the recipe says why)
+    text = (REPO / "recipes/qwen2.5-math-1.5b/grpo.yaml").read_text()
+    for departure in ("stage order", "reward weights", "loss_type dapo", "scale_rewards"):
+        assert departure in text  # each departure from the seed says why
+
+
+def test_attn_implementation_auto_picks_flash_attention_only_where_it_runs(caplog):
+    import logging
+
+    import torch
+
+    from stages.common import modeling
+
+    with caplog.at_level(logging.INFO, logger="stages.common.modeling"):
+        choice = modeling.auto_attention(torch.bfloat16)
+    expected = "flash_attention_2" if (torch.cuda.is_available() and modeling.importlib.util.find_spec("flash_attn")) \
+        else "sdpa"
+    assert choice == expected and f"attn_implementation auto -> {expected}" in caplog.text
+    assert modeling.auto_attention(torch.float32) == "sdpa"  # FlashAttention-2 needs half precision
+    from trl import ModelConfig
+
+    kwargs = modeling.model_kwargs(ModelConfig(model_name_or_path="x", attn_implementation="auto", dtype="float32"))
+    assert kwargs["attn_implementation"] == "sdpa"

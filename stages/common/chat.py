@@ -2,9 +2,10 @@
 PRM stage's LLM judge.
 
 - :class:`ChatModel` is the interface; :class:`OpenAIChat` talks to any OpenAI-compatible
-  chat-completions endpoint (bounded concurrency, exponential back-off with full jitter on 429,
-  5xx, timeouts, connection errors and malformed bodies, ``Retry-After`` honoured, a per-request
-  deadline, token and cost accounting); :class:`LocalChat` samples an HF causal LM in batches with
+  chat-completions endpoint and :class:`AnthropicChat` to Anthropic's Messages API (both: bounded
+  concurrency, exponential back-off with full jitter on 429, 5xx, timeouts, connection errors and
+  malformed bodies, ``Retry-After`` honoured, a per-request deadline, token and cost accounting);
+  :class:`LocalChat` samples an HF causal LM in batches with
   transformers (``stages.common.generation``), or vLLM when it is installed and a GPU is present.
 - :class:`ResponseCache` and :func:`complete_cached`: every paid response is appended to a jsonl
   cache (fsynced) as it arrives, keyed by item id, model, prompt hash and sample index, so a rerun
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -115,31 +117,29 @@ class _Retryable(Exception):
         self.kind, self.retry_after = kind, retry_after
 
 
-class OpenAIChat:
-    """An OpenAI-compatible chat-completions endpoint through the official ``openai`` client.
+class _Fatal(Exception):
+    """A request that retrying cannot help (400, 401, 403, 404, 422)."""
 
-    The client's own retries are off: this class retries 429, 5xx, 408/409, timeouts, connection
-    errors and malformed bodies with exponential back-off and full jitter (``Retry-After`` is
-    honoured up to ``backoff_max_s``), gives up on a request after ``max_retries`` retries or
-    ``deadline_s`` seconds, and runs at most ``concurrency`` requests at once. Endpoints that
-    ignore ``n`` are asked again for the missing samples."""
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
 
-    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 8, request_timeout_s: float = 60.0, deadline_s: float = 600.0,
-                 max_retries: int = 8, backoff_base_s: float = 1.0, backoff_max_s: float = 60.0,
-                 price_input_per_mtok: float = 0.0, price_output_per_mtok: float = 0.0,
+
+class _RemoteChat:
+    """What every HTTP chat API client shares: bounded concurrency, retries of 429, 5xx, 408/409,
+    timeouts, connection errors and malformed bodies with exponential back-off and full jitter
+    (``Retry-After`` honoured up to ``backoff_max_s``), a give-up after ``max_retries`` retries in
+    a row or ``deadline_s`` seconds per request, and token and cost accounting. Endpoints that
+    return fewer samples than asked (or cannot return several) are asked again for the missing
+    ones. A subclass supplies ``_call``."""
+
+    def __init__(self, name: str, *, concurrency: int = 8, request_timeout_s: float = 60.0,
+                 deadline_s: float = 600.0, max_retries: int = 8, backoff_base_s: float = 1.0,
+                 backoff_max_s: float = 60.0, price_input_per_mtok: float = 0.0, price_output_per_mtok: float = 0.0,
                  seed: int | None = None):
-        if not model:
-            raise ChatConfigError("the openai client needs a model name (openai_model / judge_model)")
-        key = os.environ.get(api_key_env, "")
-        if not key:
-            raise ChatConfigError(f"the openai client reads its API key from ${api_key_env}, which is not set")
-        import openai  # deferred: heavy import
-
-        for name in ("httpx", "httpx2"):  # one INFO line per HTTP request otherwise
-            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
-        self.name = f"openai:{model}"
-        self.model, self.base_url = model, base_url
+        for logger in ("httpx", "httpx2"):  # one INFO line per HTTP request otherwise
+            logging.getLogger(logger).setLevel(max(logging.WARNING, logging.getLogger(logger).level))
+        self.name = name
         self.concurrency = max(1, concurrency)
         self.request_timeout_s, self.deadline_s = request_timeout_s, deadline_s
         self.max_retries, self.backoff_base_s, self.backoff_max_s = max_retries, backoff_base_s, backoff_max_s
@@ -147,18 +147,12 @@ class OpenAIChat:
         self.usage = Usage()
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        # The key lives only inside the client object, which nothing serialises.
-        self._client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=request_timeout_s)
-        self._openai = openai
-
-    def __repr__(self) -> str:  # never the key
-        return f"OpenAIChat(model={self.model!r}, base_url={self.base_url!r})"
 
     def complete(self, requests: Sequence[ChatRequest],
                  on_response: Callable[[ChatResponse], None] | None = None) -> list[ChatResponse]:
         t0 = time.perf_counter()
         out: list[ChatResponse | None] = [None] * len(requests)
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="openai")
+        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="chat")
         futures: dict[Future, int] = {}
         todo = iter(range(len(requests)))
         try:
@@ -193,7 +187,7 @@ class OpenAIChat:
         texts: list[str] = []
         reasons: list[str | None] = []
         ptok = ctok = 0
-        attempt = 0
+        attempt = failures = 0  # attempts in all; retryable failures since the last success
         error: str | None = None
         while len(texts) < req.n:
             remaining = self.deadline_s - (time.monotonic() - start)
@@ -207,20 +201,22 @@ class OpenAIChat:
                                             seed=None if req.seed is None else req.seed + len(texts))
             except _Retryable as e:
                 self._count(error=e.kind)
-                if attempt > self.max_retries:
+                failures += 1
+                if failures > self.max_retries:
                     error = f"{e.kind} after {attempt} attempt(s): {e}"
                     break
-                delay = self._backoff(attempt, e.retry_after)
+                delay = self._backoff(failures, e.retry_after)
                 if time.monotonic() - start + delay >= self.deadline_s:
                     error = f"{e.kind}; deadline of {self.deadline_s:g}s would pass before the next retry"
                     break
                 self._count(retries=1)
                 time.sleep(delay)
                 continue
-            except self._openai.APIStatusError as e:  # 400, 401, 403, 404, 422: retrying cannot help
-                self._count(error=f"http_{e.status_code}")
-                error = f"http {e.status_code}: {_short(e.message)}"
+            except _Fatal as e:  # retrying cannot help
+                self._count(error=e.kind)
+                error = f"{e.kind.replace('_', ' ')}: {e}"
                 break
+            failures = 0
             ptok += usage[0]
             ctok += usage[1]
             for text, reason in choices:
@@ -230,6 +226,53 @@ class OpenAIChat:
         self._count(prompt_tokens=ptok, completion_tokens=ctok, cost_usd=cost, failed=int(error is not None))
         texts, reasons = texts[: req.n], reasons[: req.n]
         return ChatResponse(req, texts, reasons, ptok, ctok, attempt, error)
+
+    def _call(self, req: ChatRequest, n: int, timeout: float, seed: int | None
+              ) -> tuple[list[tuple[str, str | None]], tuple[int, int]]:
+        """Up to ``n`` samples of ``req``: ``([(text, finish reason)], (prompt tokens, completion
+        tokens))``; raises ``_Retryable`` or ``_Fatal``."""
+        raise NotImplementedError
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(self.backoff_max_s, max(0.0, retry_after))
+        with self._lock:  # full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]
+            return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
+
+    def _count(self, *, error: str | None = None, **amounts: float) -> None:
+        with self._lock:
+            for k, v in amounts.items():
+                setattr(self.usage, k, getattr(self.usage, k) + v)
+            if error is not None:
+                self.usage.errors[error] = self.usage.errors.get(error, 0) + 1
+
+
+def _api_key(api_key_env: str, client: str) -> str:
+    key = os.environ.get(api_key_env, "")
+    if not key:
+        raise ChatConfigError(f"the {client} client reads its API key from ${api_key_env}, which is not set")
+    return key
+
+
+class OpenAIChat(_RemoteChat):
+    """An OpenAI-compatible chat-completions endpoint through the official ``openai`` client (its
+    own retries off: :class:`_RemoteChat` retries)."""
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 request_timeout_s: float = 60.0, **kw: Any):
+        if not model:
+            raise ChatConfigError("the openai client needs a model name (openai_model / judge_model)")
+        key = _api_key(api_key_env, "openai")
+        import openai  # deferred: heavy import
+
+        super().__init__(f"openai:{model}", request_timeout_s=request_timeout_s, **kw)
+        self.model, self.base_url = model, base_url
+        # The key lives only inside the client object, which nothing serialises.
+        self._client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=request_timeout_s)
+        self._openai = openai
+
+    def __repr__(self) -> str:  # never the key
+        return f"OpenAIChat(model={self.model!r}, base_url={self.base_url!r})"
 
     def _call(self, req: ChatRequest, n: int, timeout: float, seed: int | None):
         oa = self._openai
@@ -248,7 +291,7 @@ class OpenAIChat:
         except oa.APIStatusError as e:
             if e.status_code >= 500 or e.status_code in (408, 409):
                 raise _Retryable(f"http_{e.status_code}", _short(e.message), _retry_after(e)) from e
-            raise
+            raise _Fatal(f"http_{e.status_code}", _short(e.message)) from e
         except (ValueError, TypeError, KeyError) as e:  # a body that is not JSON
             raise _Retryable("malformed", f"unreadable response body: {_short(str(e))}") from e
         choices = getattr(resp, "choices", None)
@@ -265,18 +308,65 @@ class OpenAIChat:
         ctok = int(getattr(usage, "completion_tokens", 0) or 0)
         return out, (ptok, ctok)
 
-    def _backoff(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(self.backoff_max_s, max(0.0, retry_after))
-        with self._lock:  # full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]
-            return self._rng.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1)))
 
-    def _count(self, *, error: str | None = None, **amounts: float) -> None:
-        with self._lock:
-            for k, v in amounts.items():
-                setattr(self.usage, k, getattr(self.usage, k) + v)
-            if error is not None:
-                self.usage.errors[error] = self.usage.errors.get(error, 0) + 1
+class AnthropicChat(_RemoteChat):
+    """Anthropic's Messages API (Claude: generate-and-score's judge) through the official
+    ``anthropic`` SDK, its own retries off (:class:`_RemoteChat` retries 429, 529 overloaded, 5xx,
+    timeouts and malformed bodies). The API returns one sample per request, so ``n`` samples are
+    ``n`` requests; system messages go into ``system``; temperature is capped at 1.0 (the API's
+    range) and sent only when the installed SDK takes one; the API takes no seed."""
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "ANTHROPIC_API_KEY",
+                 request_timeout_s: float = 60.0, **kw: Any):
+        if not model:
+            raise ChatConfigError("the anthropic client needs a model name (judge_model, e.g. claude-sonnet-4-0)")
+        key = _api_key(api_key_env, "anthropic")
+        import anthropic  # deferred: heavy import
+
+        super().__init__(f"anthropic:{model}", request_timeout_s=request_timeout_s, **kw)
+        self.model, self.base_url = model, base_url
+        # The key lives only inside the client object, which nothing serialises.
+        self._client = anthropic.Anthropic(base_url=base_url, api_key=key, max_retries=0, timeout=request_timeout_s)
+        self._anthropic = anthropic
+        # SDK releases without a sampling temperature (newer models fix it) get none
+        self._takes_temperature = "temperature" in inspect.signature(self._client.messages.create).parameters
+
+    def __repr__(self) -> str:  # never the key
+        return f"AnthropicChat(model={self.model!r}, base_url={self.base_url!r})"
+
+    def _call(self, req: ChatRequest, n: int, timeout: float, seed: int | None):
+        an = self._anthropic
+        system = "\n\n".join(c for r, c in req.messages if r == "system")
+        kwargs: dict[str, Any] = {"model": self.model, "max_tokens": req.max_tokens, "timeout": timeout,
+                                  "messages": [{"role": r, "content": c} for r, c in req.messages if r != "system"]}
+        if system:
+            kwargs["system"] = system
+        if self._takes_temperature:
+            kwargs["temperature"] = min(1.0, max(0.0, req.temperature))
+        try:
+            resp = self._client.messages.create(**kwargs)
+        except an.RateLimitError as e:
+            raise _Retryable("rate_limited", _short(e.message), _retry_after(e)) from e
+        except an.APITimeoutError as e:
+            raise _Retryable("timeout", "request timed out") from e
+        except an.APIConnectionError as e:
+            raise _Retryable("connection", _short(str(e))) from e
+        except an.APIStatusError as e:  # 529: overloaded
+            if e.status_code >= 500 or e.status_code in (408, 409):
+                raise _Retryable(f"http_{e.status_code}", _short(e.message), _retry_after(e)) from e
+            raise _Fatal(f"http_{e.status_code}", _short(e.message)) from e
+        except (an.APIResponseValidationError, ValueError) as e:  # a body that is not JSON
+            raise _Retryable("malformed", f"unreadable response body: {_short(str(e))}") from e
+        blocks = getattr(resp, "content", None)
+        if not isinstance(blocks, list):
+            raise _Retryable("malformed", "response without content")
+        texts = [getattr(b, "text", None) for b in blocks if getattr(b, "type", None) == "text"]
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise _Retryable("malformed", "a response without text content")
+        usage = getattr(resp, "usage", None)
+        ptok = int(getattr(usage, "input_tokens", 0) or 0)
+        ctok = int(getattr(usage, "output_tokens", 0) or 0)
+        return [("".join(texts), getattr(resp, "stop_reason", None))], (ptok, ctok)
 
 
 def _short(text: str, limit: int = 200) -> str:

@@ -40,6 +40,7 @@ MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 PLAN = "plan.json"  # the identity of a .partial build: what it would become
 TRAINER_DIR = "trainer"
+TENSORBOARD_DIR = "tensorboard"  # the trainer's TensorBoard event files, kept when its checkpoints are pruned
 LOCK = ".lock"
 # Stages whose checkpoints hold a policy, newest in pipeline order first (``@latest_policy``).
 POLICY_STAGES = ("dpo", "revise", "evolve", "grpo", "sft")
@@ -310,6 +311,12 @@ class StageCheckpoint:
         gives, rename .partial to v<N>, move ``latest``."""
         if self.status == "done":
             return self.final_dir
+        if self.trainer_dir.is_dir():  # report_to: tensorboard: the event files outlive the trainer checkpoints
+            for event in sorted(self.trainer_dir.rglob("events.out.tfevents.*")):
+                if "checkpoint-" not in str(event.parent):
+                    target = self.partial_dir / TENSORBOARD_DIR / event.relative_to(self.trainer_dir)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(event, target)
         shutil.rmtree(self.trainer_dir, ignore_errors=True)  # intermediate trainer checkpoints
         write_json(self.partial_dir / METRICS, metrics or {})
         (self.partial_dir / PLAN).unlink(missing_ok=True)

@@ -3,8 +3,8 @@
 ``model_name_or_path`` in a recipe (``trl.ModelConfig``) may be a hub id (``Qwen/Qwen2.5-Math-1.5B``),
 a local HF folder, a stage checkpoint (``runs/<run>/sft`` or ``runs/<run>/sft/v2``) or ``tiny``, the
 embedded default model, which is built once per run into ``runs/<run>/base/`` as an ordinary
-checkpoint. dtype, attention implementation, quantization (QLoRA through bitsandbytes) and LoRA
-(through peft) come from ``ModelConfig``.
+checkpoint. dtype, attention implementation (``auto``: FlashAttention-2 where installed on a GPU,
+else SDPA), quantization (QLoRA through bitsandbytes) and LoRA (through peft) come from ``ModelConfig``.
 """
 
 from __future__ import annotations
@@ -130,8 +130,11 @@ def model_kwargs(model_args: Any, *, device_map: Any = None) -> dict:
         dtype = getattr(torch, dtype)
     kwargs: dict[str, Any] = {"dtype": dtype, "revision": getattr(model_args, "model_revision", "main"),
                               "trust_remote_code": bool(getattr(model_args, "trust_remote_code", False))}
-    if getattr(model_args, "attn_implementation", None):
-        kwargs["attn_implementation"] = model_args.attn_implementation
+    attn = getattr(model_args, "attn_implementation", None)
+    if attn == "auto":
+        attn = auto_attention(dtype)
+    if attn:
+        kwargs["attn_implementation"] = attn
     quant = get_quantization_config(model_args)
     if quant is not None:
         from accelerate import PartialState  # deferred: heavy import
@@ -141,6 +144,20 @@ def model_kwargs(model_args: Any, *, device_map: Any = None) -> dict:
     elif device_map is not None:
         kwargs["device_map"] = device_map
     return kwargs
+
+
+def auto_attention(dtype: Any = None) -> str:
+    """``attn_implementation: auto``: FlashAttention-2 where it can run (the flash-attn package, a
+    CUDA GPU, half precision weights), else PyTorch's SDPA. The choice is logged."""
+    import torch  # deferred: heavy import
+
+    half = dtype in (torch.bfloat16, torch.float16, "auto", None)
+    reasons = [why for ok, why in ((importlib.util.find_spec("flash_attn") is not None, "flash-attn not installed"),
+                                   (torch.cuda.is_available(), "no CUDA GPU"),
+                                   (half, f"dtype {dtype} is not bf16/fp16")) if not ok]
+    choice = "sdpa" if reasons else "flash_attention_2"
+    log.info("attn_implementation auto -> %s%s", choice, f" ({'; '.join(reasons)})" if reasons else "")
+    return choice
 
 
 def load_causal_lm(path: str, model_args: Any = None, **overrides):

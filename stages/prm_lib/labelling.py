@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -14,14 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from rewards import score_pot
-from stages.common.chat import ChatConfigError, ChatRequest, LocalChat, OpenAIChat, complete_cached
+from stages.common.chat import (
+    AnthropicChat,
+    ChatConfigError,
+    ChatRequest,
+    LocalChat,
+    OpenAIChat,
+    complete_cached,
+)
 from stages.common.checkpoint import stage_ref
 from stages.common.data import DataFormatError, read_jsonl
 from stages.common.pot import build_messages
 from stages.common.steps import split_solution
 from stages.prm_lib import labels
-from stages.prm_lib.metrics import best_of_n, first_error_metrics, step_metrics
-from stages.prm_lib.model import CLASS_NAMES, EncodingConfig
+from stages.prm_lib.metrics import best_of_n, class_metrics, first_error_metrics, step_metrics
+from stages.prm_lib.model import CLASS_NAMES, EncodingConfig, class_index
 
 log = logging.getLogger("mathforge.prm")
 
@@ -43,15 +51,18 @@ def domain_of(problem: dict) -> str:
     return str(problem["id"]).split("-")[0]
 
 
-def mined_solutions(samples: list[dict], *, low: float, high: float, limit: int,
+def mined_solutions(samples: list[dict], *, low: float, high: float, limit: int | None, mode: str = "filter",
+                    max_problems: int | None = None,
                     max_correct_per_wrong: float | None = None) -> tuple[list[dict], dict]:
-    """Distinct solutions with steps, from problems ordered by mistake mining, at most ``limit``.
+    """Distinct solutions with steps, of the problems that mistake mining keeps (``mode`` filter:
+    fail rate in [``low``, ``high``]; order; none; at most ``max_problems`` of them), in mining
+    order, at most ``limit``.
 
     ``max_correct_per_wrong``: keep at most this many correct solutions per wrong one (in mining
     order). A policy that is right 90% of the time otherwise fills the budget with solutions
     whose every step is positive, and the classifier sees too few errors to learn them."""
-    rates = labels.solve_rates([s["id"] for s in samples], [s["correct"] for s in samples])
-    order = labels.mine_mistakes(rates, low, high)
+    fail = labels.fail_rates([s["id"] for s in samples], [s["correct"] for s in samples])
+    order = labels.mine_mistakes(fail, low, high, mode=mode, limit=max_problems)
     by_id: dict[str, list[dict]] = {}
     for s in samples:
         by_id.setdefault(s["id"], []).append(s)
@@ -63,6 +74,7 @@ def mined_solutions(samples: list[dict], *, low: float, high: float, limit: int,
                 continue
             seen.add(s["completion"])
             ranked.append(s)
+    limit = len(ranked) if limit is None else limit
     if max_correct_per_wrong is not None:
         wrong = [s for s in ranked if not s["correct"]]
         right = [s for s in ranked if s["correct"]]
@@ -74,9 +86,10 @@ def mined_solutions(samples: list[dict], *, low: float, high: float, limit: int,
         keep = {id(s) for s in wrong[:n_wrong]} | {id(s) for s in right[:n_right]}
         ranked = [s for s in ranked if id(s) in keep]
     chosen = ranked[:limit]
-    in_range = sum(low <= r <= high for r in rates.values())
-    return chosen, {"problems": len(rates), "problems_in_mining_range": in_range,
-                    "mean_solve_rate": sum(rates.values()) / len(rates) if rates else 0.0,
+    in_range = sum(low <= r <= high for r in fail.values())
+    return chosen, {"mining": mode, "fail_rate_range": [low, high], "problems": len(fail),
+                    "problems_in_mining_range": in_range, "problems_kept": len(order),
+                    "mean_fail_rate": sum(fail.values()) / len(fail) if fail else 0.0,
                     "samples": len(samples), "wrong_samples": sum(not s["correct"] for s in samples)}
 
 
@@ -129,11 +142,14 @@ def perturbed_rows(samples: Sequence[dict], limit: int, seed: int, exclude: Sequ
 
 def judge_model(args: Any, run_dir: Path):
     """The judge's chat client (``stages.common.chat``, shared with the synth stage's teachers)."""
-    if args.judge == "openai":
+    if args.judge in ("openai", "anthropic"):
         if not args.judge_model:
-            raise ChatConfigError("the openai judge needs judge_model")
-        return OpenAIChat(args.judge_model, base_url=args.judge_base_url, api_key_env=args.judge_api_key_env,
-                          seed=args.seed_judge)
+            raise ChatConfigError(f"the {args.judge} judge needs judge_model")
+        if args.judge == "anthropic":  # Claude, generate-and-score's judge
+            return AnthropicChat(args.judge_model, base_url=args.judge_base_url,
+                                 api_key_env=args.judge_api_key_env or "ANTHROPIC_API_KEY", seed=args.seed_judge)
+        return OpenAIChat(args.judge_model, base_url=args.judge_base_url,
+                          api_key_env=args.judge_api_key_env or "OPENAI_API_KEY", seed=args.seed_judge)
     spec = args.judge_model or ""
     if not spec:
         raise ChatConfigError("the local judge needs judge_model (a folder, checkpoint, hub id or @<stage>)")
@@ -142,7 +158,9 @@ def judge_model(args: Any, run_dir: Path):
 
 def judge_rows(chat, cache, solutions: Sequence[dict], transform: str) -> tuple[list[dict], int]:
     """Stepwise rows from the judge's verdicts (transformed by HE or SE); returns (rows, failed)."""
-    items = [(f"{s['id']}#{i}", s["question"], split_solution(s["completion"])) for i, s in enumerate(solutions)]
+    # keyed by the solution's text, not its position: a rerun asks the cache for the same judgements
+    items = [(f"{s['id']}#{hashlib.sha256(s['completion'].encode()).hexdigest()[:16]}", s["question"],
+              split_solution(s["completion"])) for s in solutions]
     verdicts = labels.judge_labels(chat, cache, items)
     rows, failed = [], 0
     for s, (_, q, steps), v in zip(solutions, items, verdicts, strict=True):
@@ -165,8 +183,10 @@ def teacher_solutions(chat, cache, problems: Sequence[dict], n: int, max_tokens:
     reqs = [(f"gen:{p['id']}", ChatRequest.of(f"gen:{p['id']}", build_messages(p["question"]), n=n,
                                               temperature=0.8, max_tokens=max_tokens), list(range(n)))
             for p in problems]
-    by_id = {f"gen:{p['id']}": p for p in problems}
-    got = [(by_id[s.item_id], s.text) for s in complete_cached(chat, cache, reqs) if s.text]
+    by_id = {f"gen:{p['id']}": (k, p) for k, p in enumerate(problems)}
+    # in problem and sample order, whichever responses came from the cache or arrived first
+    fresh = sorted((by_id[s.item_id][0], s.sample, s.text) for s in complete_cached(chat, cache, reqs) if s.text)
+    got = [(problems[k], text) for k, _, text in fresh]
     scores = score_pot([t for _, t in got], [p["answer"] for p, _ in got])
     return [{"id": p["id"], "question": p["question"], "answer": p["answer"], "completion": t,
              "executed_answer": sc.answer, "correct": bool(sc.correct)} for (p, t), sc in zip(got, scores, strict=True)]
@@ -206,11 +226,20 @@ def step_correct(label: Any, threshold: float) -> bool:
 
 
 def evaluate_steps(scorer, rows: Sequence[dict], threshold: float) -> dict:
-    probs = scorer.score_steps([r["prompt"] for r in rows], [list(r["completions"]) for r in rows])
+    """Step metrics (correct vs wrong, from each step's P(correct)), per-class metrics of the
+    model's own classes with the confusion matrix (three classes: negative / neutral /
+    positive), and ProcessBench first-error F1."""
+    class_probs = scorer.class_probabilities([r["prompt"] for r in rows], [list(r["completions"]) for r in rows])
+    probs = [[scorer.step_score(p) for p in sol] for sol in class_probs]
     gold = [[step_correct(x, threshold) for x in r["labels"]] for r in rows]
     flat_gold = [g for gs in gold for g in gs]
     flat_p = [p for ps in probs for p in ps]
-    return {"steps": step_metrics(flat_gold, flat_p), "first_error": first_error_metrics(gold, probs)}
+    mode = scorer.config.label_mode
+    gold_class = [class_index(x, mode, hard_threshold=threshold) for r in rows for x in r["labels"]]
+    pred_class = [max(range(len(p)), key=p.__getitem__) for sol in class_probs for p in sol]
+    return {"steps": step_metrics(flat_gold, flat_p), "classes": class_metrics(gold_class, pred_class,
+                                                                               scorer.config.class_names),
+            "first_error": first_error_metrics(gold, probs)}
 
 
 def evaluate_best_of_n(scorer, samples: Sequence[dict], n: int, seed: int) -> tuple[dict, list[dict]]:

@@ -6,9 +6,12 @@
   fraction correct; answers checked by ``rewards.score_pot`` (the sandbox).
 - LLM judge: a ChatModel (the synth stage's ``openai`` or ``local`` teacher) rates each step;
   the HE and SE reward transforms turn step verdicts into rewards.
-- Importers: PRM800K ratings, Math-Shepherd ``input/value/label`` rows, per-step ``pi`` scores
-  with a ``meta_label``, ``{"text", "label"}`` step rows with a label map.
-- Mistake mining: problems the policy solves in 30% to 80% of its samples come first.
+- Importers: PRM800K ratings, Math-Shepherd ``input``/``label`` rows with step tags,
+  ProcessRewardTrainer ``input``/``value``/``label`` rows, DreamPRM rows (``### Step N:`` steps,
+  per-step ``pi`` soft labels, the solution's outcome ``meta_label``), ``{"text", "label"}`` step
+  rows with a label map.
+- Mistake mining (generate-and-score): keep the problems whose fail rate over the policy's
+  samples lies in [0.3, 0.8] and drop the rest (or only order them).
 """
 
 from __future__ import annotations
@@ -30,23 +33,39 @@ from stages.common.steps import split_solution
 # Mistake mining
 
 
-def solve_rates(ids: Sequence[str], correct: Sequence[bool]) -> dict[str, float]:
-    """Fraction of samples of each problem id that are correct."""
+MINING_MODES = ("filter", "order", "none")
+
+
+def fail_rates(ids: Sequence[str], correct: Sequence[bool]) -> dict[str, float]:
+    """Fraction of samples of each problem id that are wrong."""
     totals: dict[str, list[int]] = {}
     for i, ok in zip(ids, correct, strict=True):
         t = totals.setdefault(i, [0, 0])
-        t[0] += bool(ok)
+        t[0] += not ok
         t[1] += 1
     return {i: k / n for i, (k, n) in totals.items()}
 
 
-def mine_mistakes(rates: dict[str, float], low: float = 0.3, high: float = 0.8) -> list[str]:
-    """Problem ids ordered for labelling: solve rate within [low, high] first (the policy makes
-    mistakes there, yet can recover), then the rest by distance to the range; ties keep order."""
+def mine_mistakes(fail: dict[str, float], low: float = 0.3, high: float = 0.8, *, mode: str = "filter",
+                  limit: int | None = None) -> list[str]:
+    """Problem ids for labelling, by the policy's fail rate on each (generate-and-score's mistake
+    mining). ``filter`` (the tool's behaviour): only the problems whose fail rate lies in
+    [low, high], the ones the policy gets wrong often but not always; the rest are dropped.
+    ``order``: every problem, those in the range first, then the rest by distance to it. ``none``:
+    every problem as sampled. Ties keep their order; at most ``limit`` ids."""
+    if mode not in MINING_MODES:
+        raise ValueError(f"mining must be one of {MINING_MODES}, got {mode!r}")
+
     def distance(r: float) -> float:
         return 0.0 if low <= r <= high else min(abs(r - low), abs(r - high))
 
-    return sorted(rates, key=lambda i: distance(rates[i]))
+    if mode == "filter":
+        ids = [i for i, r in fail.items() if low <= r <= high]
+    elif mode == "order":
+        ids = sorted(fail, key=lambda i: distance(fail[i]))
+    else:
+        ids = list(fail)
+    return ids if limit is None else ids[:limit]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,50 +221,120 @@ def import_prm800k(path: str, mode: str = "neutral_positive") -> Iterable[dict]:
 
 
 def import_math_shepherd(path: str, tag: str = "ки") -> Iterable[dict]:
-    """Math-Shepherd rows ``{"input", "label"}`` (optionally ``value``): ``input`` is the question
-    then steps each ending with ``tag``; ``label`` is the same text with each tag replaced by
-    ``+`` or ``-``; a ``value`` list of ``+``/``-`` overrides it."""
+    """Math-Shepherd rows ``{"input", "label"}``: ``input`` is the question then steps each ending
+    with ``tag``; ``label`` is the same text with each tag replaced by ``+`` or ``-``."""
     for lineno, row in iter_jsonl(path):
         text = row.get("input") if isinstance(row, dict) else None
         if not isinstance(text, str):
             raise DataFormatError(path, lineno, "input", "is missing or not a string")
+        label = row.get("label")
+        if isinstance(row.get("value"), list) or isinstance(label, list):
+            raise DataFormatError(path, lineno, "label", "is a list: these look like ProcessRewardTrainer rows "
+                                  "(input, value = step texts, label = '+'/'-' per step); use import_format: "
+                                  "input_value_label")
+        if not isinstance(label, str):
+            raise DataFormatError(path, lineno, "label", "is missing or not a string")
         parts = text.split(tag)
         m = re.search(r"Step\s*1\s*:", parts[0])
         question = parts[0][: m.start()].strip() if m else ""
         steps = [p.strip() for p in ([parts[0][m.start():]] if m else [parts[0]]) + parts[1:-1]]
-        value = row.get("value")
-        if isinstance(value, list):
-            signs = value
-        else:
-            label = row.get("label")
-            if not isinstance(label, str):
-                raise DataFormatError(path, lineno, "label", "is missing (neither value nor label)")
-            signs, offset, shift = [], 0, len(tag) - 1
-            for j in range(len(parts) - 1):
-                offset += len(parts[j])
-                signs.append(label[offset - j * shift] if offset - j * shift < len(label) else "?")
-                offset += len(tag)
+        signs, offset, shift = [], 0, len(tag) - 1
+        for j in range(len(parts) - 1):
+            offset += len(parts[j])
+            signs.append(label[offset - j * shift] if offset - j * shift < len(label) else "?")
+            offset += len(tag)
         if len(signs) != len(steps) or any(s not in ("+", "-") for s in signs):
             raise DataFormatError(path, lineno, "label", f"expected one '+' or '-' per step ({len(steps)}), got {signs!r:.80}")
         yield validate_row({"prompt": question, "completions": steps, "labels": [s == "+" for s in signs]},
                            STEPWISE, path, lineno)
 
 
-def import_pi_scores(path: str) -> Iterable[dict]:
-    """``{"question", "steps", "pi", "meta_label"}`` rows: ``pi`` is each step's probability of
-    being correct (a soft label); ``meta_label`` is the index of the first wrong step (-1 or null
-    when the solution is correct): that step and the ones after it are labelled 0.0."""
+SIGNS = {"+": True, "-": False}
+
+
+def input_value_label_row(row: Any, path: str = "<rows>", lineno: int | None = None) -> dict:
+    """One ProcessRewardTrainer row ``{"input": question, "value": [step, ...], "label": ["+", "-", ...]}``
+    as a stepwise row (``+`` a correct step, ``-`` a wrong one)."""
+    if not isinstance(row, dict):
+        raise DataFormatError(path, lineno, None, f"expected a JSON object, got {type(row).__name__}")
+    question, steps, signs = row.get("input"), row.get("value"), row.get("label")
+    if not isinstance(question, str):
+        raise DataFormatError(path, lineno, "input", "is missing or not a string (the question)")
+    if not isinstance(steps, list) or not steps or not all(isinstance(x, str) for x in steps):
+        raise DataFormatError(path, lineno, "value", "must be a non-empty list of step texts")
+    if not isinstance(signs, list) or len(signs) != len(steps) or any(x not in SIGNS for x in signs):
+        raise DataFormatError(path, lineno, "label", f"expected one '+' or '-' per step ({len(steps)}), "
+                              f"got {signs!r:.80}")
+    return validate_row({"prompt": question, "completions": list(steps), "labels": [SIGNS[x] for x in signs]},
+                        STEPWISE, path, lineno)
+
+
+def import_input_value_label(path: str) -> Iterable[dict]:
+    """ProcessRewardTrainer rows (``input`` / ``value`` / ``label``; see :func:`input_value_label_row`)."""
     for lineno, row in iter_jsonl(path):
-        for f in ("question", "steps", "pi"):
-            if f not in row:
-                raise DataFormatError(path, lineno, f, "is missing")
-        steps, pi = row["steps"], row["pi"]
+        yield input_value_label_row(row, path, lineno)
+
+
+DREAMPRM_STEP_RE = re.compile(r"^[ \t]*#{2,4}\s*Step\s*(\d+)\s*[:.]?[ \t]*", re.IGNORECASE | re.MULTILINE)
+
+
+def dreamprm_steps(text: str) -> list[str]:
+    """The steps of a DreamPRM ``cot_response``: the text after each ``### Step N:`` marker, up to
+    the next one (text before the first marker is not a step)."""
+    marks = list(DREAMPRM_STEP_RE.finditer(text))
+    return [text[m.end() : marks[k + 1].start() if k + 1 < len(marks) else len(text)].strip()
+            for k, m in enumerate(marks)]
+
+
+def import_dreamprm(path: str) -> Iterable[dict]:
+    """DreamPRM rows ``{"cot_response": "### Step 1: ...\\n### Step 2: ...", "cot_steps": [{"pi": 0.8}, ...],
+    "meta_label": 1.0, "informal_prefix", "formal_statement"}``: the steps come from the
+    ``### Step N:`` markers, each step's soft label is its ``pi`` (clipped to [0, 1]), and
+    ``meta_label`` is the outcome label of the whole solution (1.0: right), kept as the row's
+    ``meta_label``: the label a meta set is judged by (``stages.prm_lib.reweight``). The prompt is
+    ``informal_prefix`` and ``formal_statement`` (or ``question`` / ``prompt``).
+
+    The flat form ``{"question", "steps", "pi": [...], "meta_label"}`` is read the same way."""
+    for lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            raise DataFormatError(path, lineno, None, "expected a JSON object")
+        if "cot_response" in row:
+            if not isinstance(row["cot_response"], str):
+                raise DataFormatError(path, lineno, "cot_response", "is not a string")
+            steps = dreamprm_steps(row["cot_response"])
+            if not steps:
+                raise DataFormatError(path, lineno, "cot_response", "has no '### Step N:' marker")
+            cot = row.get("cot_steps")
+            if not isinstance(cot, list) or not all(isinstance(c, dict) and "pi" in c for c in cot):
+                raise DataFormatError(path, lineno, "cot_steps", 'must be a list of {"pi": score} objects')
+            pi, field_name = [c["pi"] for c in cot], "cot_steps"
+            prompt = "\n".join(row[k].strip() for k in ("informal_prefix", "formal_statement")
+                               if isinstance(row.get(k), str) and row[k].strip())
+            prompt = prompt or row.get("question") or row.get("prompt") or ""
+        else:
+            for f in ("steps", "pi"):
+                if not isinstance(row.get(f), list):
+                    raise DataFormatError(path, lineno, f, "is missing or not a list (DreamPRM rows have "
+                                          "cot_response and cot_steps)")
+            steps, pi, field_name = row["steps"], row["pi"], "pi"
+            prompt = row.get("question") or row.get("prompt") or ""
         if len(pi) != len(steps):
-            raise DataFormatError(path, lineno, "pi", f"has {len(pi)} scores for {len(steps)} steps")
-        first = row.get("meta_label")
-        first = len(steps) if first is None or first < 0 else int(first)
-        labels = [min(1.0, max(0.0, float(p))) if i < first else 0.0 for i, p in enumerate(pi)]
-        yield validate_row({"prompt": row["question"], "completions": steps, "labels": labels}, STEPWISE, path, lineno)
+            raise DataFormatError(path, lineno, field_name, f"has {len(pi)} scores for {len(steps)} steps")
+        try:
+            labels = [min(1.0, max(0.0, float(p))) for p in pi]
+        except (TypeError, ValueError) as e:
+            raise DataFormatError(path, lineno, field_name, f"has a score that is not a number ({e})") from e
+        out: dict[str, Any] = {"prompt": prompt, "completions": steps, "labels": labels}
+        meta = row.get("meta_label")
+        if meta is not None:
+            if isinstance(meta, bool) or not isinstance(meta, int | float) or not 0.0 <= float(meta) <= 1.0:
+                raise DataFormatError(path, lineno, "meta_label", "must be the solution's outcome label in [0, 1], "
+                                      f"got {meta!r}")
+            out["meta_label"] = float(meta)
+        for k in ("id", "domain"):
+            if k in row:
+                out[k] = row[k]
+        yield validate_row(out, STEPWISE, path, lineno)
 
 
 def import_text_label(path: str, label_map: dict[str, Any]) -> Iterable[dict]:
@@ -276,7 +365,9 @@ def import_text_label(path: str, label_map: dict[str, Any]) -> Iterable[dict]:
 IMPORTERS: dict[str, Callable[..., Iterable[dict]]] = {
     "prm800k": import_prm800k,
     "math_shepherd": import_math_shepherd,
-    "pi_scores": import_pi_scores,
+    "input_value_label": import_input_value_label,  # ProcessRewardTrainer
+    "dreamprm": import_dreamprm,
+    "pi_scores": import_dreamprm,  # DreamPRM's flat form, read the same way
     "text_label": import_text_label,
 }
 

@@ -36,6 +36,31 @@ def step_metrics(correct: Sequence[bool], probs: Sequence[float], threshold: flo
     return out
 
 
+def class_metrics(gold: Sequence[int], pred: Sequence[int], names: Sequence[str]) -> dict[str, Any]:
+    """Per-class precision / recall / F1 / support, their macro and weighted averages, accuracy and
+    the confusion matrix (rows: gold class, columns: predicted class, in ``names`` order) of
+    class predictions (BMUq's three labels: negative, neutral, positive)."""
+    from sklearn.metrics import (  # deferred: heavy import
+        accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
+    labels = list(range(len(names)))
+    out: dict[str, Any] = {"n_steps": len(gold), "classes": list(names),
+                           "accuracy": float(accuracy_score(gold, pred)) if gold else 0.0}
+    if not gold:
+        return out
+    p, r, f, s = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
+    out["per_class"] = {name: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]),
+                               "support": int(s[k])} for k, name in enumerate(names)}
+    for avg in ("macro", "weighted"):
+        pa, ra, fa, _ = precision_recall_fscore_support(gold, pred, labels=labels, average=avg, zero_division=0)
+        out[avg] = {"precision": float(pa), "recall": float(ra), "f1": float(fa)}
+    out["confusion_matrix"] = confusion_matrix(gold, pred, labels=labels).tolist()
+    return out
+
+
 def first_error(flags: Sequence[bool]) -> int:
     """Index of the first False, -1 when every step is correct."""
     return next((i for i, ok in enumerate(flags) if not ok), -1)

@@ -1,7 +1,10 @@
 """The PRM's input encoding and label spaces, shared by training and scoring.
 
 A solution is scored in one forward pass of an ``AutoModelForTokenClassification`` (or, with
-``prm_type: implicit``, of a causal LM and its reference: ``stages.prm_lib.implicit``): the input is
+``prm_type: implicit``, of a causal LM and its reference: ``stages.prm_lib.implicit``; with
+``prm_type: sequence_classification``, the seed's design, one pass of an
+``AutoModelForSequenceClassification`` per step prefix; with ``prm_type: embeddings``, a frozen
+sentence encoder and a small head: ``stages.prm_lib.embeddings``): the input is
 the problem prompt followed by every step, each step followed by the step separator, and the
 prediction for a step is read at the last token of ``step + separator``. Training and scoring both
 encode through :func:`encode_solution` (steps from ``stages.common.steps.split_solution``), so
@@ -26,9 +29,11 @@ from stages.common.generation import chat_prompts
 from stages.common.modeling import model_kwargs
 
 PRM_CONFIG = "prm_config.json"
+ENCODER_DIR = "encoder"  # an embeddings PRM's frozen encoder (stages.prm_lib.embeddings)
 LABEL_MODES = ("hard", "soft", "three")
-PRM_TYPES = ("token_classification", "implicit")
+PRM_TYPES = ("token_classification", "implicit", "sequence_classification", "embeddings")
 CLASS_NAMES = ("negative", "neutral", "positive")
+BINARY_CLASS_NAMES = ("wrong", "correct")
 IGNORE = -100.0
 
 
@@ -40,7 +45,7 @@ class EncodingConfig:
     step_separator: str = "\n"
     chat_template: bool = True  # the PoT chat prompt when the tokenizer has a chat template
     max_length: int = 1024
-    prm_type: str = "token_classification"  # or "implicit" (stages.prm_lib.implicit)
+    prm_type: str = "token_classification"  # or implicit, sequence_classification, embeddings
     implicit_beta: float = 1.0  # implicit: q = beta * summed log-ratio
 
     def __post_init__(self) -> None:
@@ -56,6 +61,11 @@ class EncodingConfig:
     @property
     def num_labels(self) -> int:
         return 3 if self.label_mode == "three" else 2
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The names of the model's classes, in logit order."""
+        return CLASS_NAMES if self.label_mode == "three" else BINARY_CLASS_NAMES
 
     def save(self, folder: str | Path) -> None:
         (Path(folder) / PRM_CONFIG).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -139,13 +149,41 @@ def step_probabilities(logits, mode: str):
     return probs[..., 1]
 
 
+def class_index(label: Any, mode: str, *, hard_threshold: float = 0.5) -> int:
+    """A stepwise label as the index of its class in ``EncodingConfig.class_names`` (soft labels
+    by ``hard_threshold``)."""
+    if mode == "three":
+        return int(step_target(label, "three", hard_threshold=hard_threshold))
+    return int(step_target(label, "hard", hard_threshold=hard_threshold))
+
+
 def load_token_classifier(path: str, num_labels: int, model_args: Any = None):
     """Any ``AutoModelForTokenClassification`` backbone (a causal LM checkpoint gets a new head)."""
     from transformers import AutoModelForTokenClassification  # deferred: heavy import
-
 
     kwargs = model_kwargs(model_args) if model_args is not None else {}
     model = AutoModelForTokenClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = getattr(model.config, "eos_token_id", None) or 0
     return model
+
+
+def load_sequence_classifier(path: str, num_labels: int, model_args: Any = None, *, pad_token_id: int | None = None):
+    """Any ``AutoModelForSequenceClassification`` backbone (the seed's PRM: a causal LM checkpoint
+    gets a new 2-label head that reads the last token of each step prefix). ``pad_token_id``: the
+    tokenizer's, by which the model finds each right-padded row's last token."""
+    from transformers import AutoModelForSequenceClassification  # deferred: heavy import
+
+    kwargs = model_kwargs(model_args) if model_args is not None else {}
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, **kwargs)
+    if pad_token_id is not None:
+        model.config.pad_token_id = pad_token_id
+    elif model.config.pad_token_id is None:
+        model.config.pad_token_id = getattr(model.config, "eos_token_id", None) or 0
+    return model
+
+
+def prefix_sequences(ids: list[int], positions: list[int]) -> list[list[int]]:
+    """The sequence classifier's inputs for one solution: the prompt and steps up to each step's
+    last token (:func:`encode_solution`'s ids and positions), one sequence per step."""
+    return [ids[: p + 1] for p in positions]

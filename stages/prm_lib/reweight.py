@@ -7,6 +7,12 @@ the weighted batch lowers the loss on a separate meta set:
     theta' = theta - lr * grad_theta L_train(theta, w)
     w     <- w - meta_lr * grad_w L_meta(theta')
 
+The meta loss is the step loss on the meta set's step labels, or, when every meta row carries an
+outcome label (DreamPRM's ``meta_label``: 1.0 when the whole solution is right), the outcome loss
+(``trainer.outcome_loss``: the sigmoid of the mean step log-odds against that label). The meta
+set is a held-out fraction of the training rows or a file of its own (``meta_json_file``), and
+each meta step draws ``meta_batch_size`` of its rows.
+
 The look-ahead runs the model functionally (``torch.func.functional_call``) on its trainable
 parameters only (the LoRA weights and head under PEFT), with ``create_graph`` so that the meta
 gradient flows back through the inner step. Weights stay positive and average 1.
@@ -19,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stages.prm_lib.trainer import PRMCollator, prm_loss
+from stages.prm_lib.trainer import PRMCollator, model_inputs, outcome_loss, prm_loss
 
 
 class DreamPRMReweighter:
@@ -68,18 +74,19 @@ class DreamPRMReweighter:
 
         # the look-ahead differentiates twice; of the SDPA kernels only the math one supports that
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
-            out = functional_call(model, params, (), {"input_ids": batch["input_ids"],
-                                                      "attention_mask": batch["attention_mask"]})
+            out = functional_call(model, params, (), model_inputs(batch))
             inner = prm_loss(self._step_logits(out.logits, batch), batch["labels"], self.label_mode,
                              class_weights=self.class_weights, instance_weights=w)
             grads = torch.autograd.grad(inner, list(params.values()), create_graph=True, allow_unused=True)
             ahead = {n: (p - self.inner_lr * g if g is not None else p)
                      for (n, p), g in zip(params.items(), grads, strict=True)}
             meta = {k: v.to(device) for k, v in self._meta_batch().items()}
-            out_m = functional_call(model, ahead, (), {"input_ids": meta["input_ids"],
-                                                       "attention_mask": meta["attention_mask"]})
-            meta_loss = prm_loss(self._step_logits(out_m.logits, meta), meta["labels"], self.label_mode,
-                                 class_weights=self.class_weights)
+            out_m = functional_call(model, ahead, (), model_inputs(meta))
+            meta_logits = self._step_logits(out_m.logits, meta)
+            if "outcome" in meta:  # a meta set with outcome labels (DreamPRM's meta_label) is judged by them
+                meta_loss = outcome_loss(meta_logits, meta["labels"], meta["outcome"], self.label_mode)
+            else:
+                meta_loss = prm_loss(meta_logits, meta["labels"], self.label_mode, class_weights=self.class_weights)
             (hyper,) = torch.autograd.grad(meta_loss, [log_w])
         self.log_w -= self.meta_lr * hyper.detach().cpu()
         self.history.append(float(meta_loss.detach()))

@@ -9,6 +9,7 @@ ProcessBench first-error F1, best-of-N).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +27,10 @@ from stages.common.modeling import (
 )
 from stages.harness import Policy, StageArguments, StageConfigs, StageContext, StagePlan, StageResult
 from stages.harness.policy import load_policy, sample_solutions
-from stages.prm_lib import labelling
+from stages.prm_lib import labelling, labels
+from stages.prm_lib.embeddings import StepEncoder, featurize_embeddings, new_head, resolve_encoder
 from stages.prm_lib.implicit import REFERENCE_DIR, ImplicitHead
-from stages.prm_lib.model import EncodingConfig, load_token_classifier
+from stages.prm_lib.model import ENCODER_DIR, EncodingConfig, load_sequence_classifier, load_token_classifier
 from stages.prm_lib.reweight import DreamPRMReweighter, save_weights
 from stages.prm_lib.scorer import PRMScorer
 from stages.prm_lib.trainer import PRMCollator, PRMTrainer, featurize
@@ -44,11 +46,21 @@ class PRMStageArguments(StageArguments):
                                                            "a checkpoint, a folder or a hub id."})
     label_source: str = field(default="mc", metadata={"help": "mc | judge | import"})
     label_problems: str = field(default="arith:train:200", metadata={"help": "Problems the policy solves for labels."})
-    samples_per_problem: int = field(default=4, metadata={"help": "Policy samples per problem (mistake mining)."})
+    samples_per_problem: int = field(default=5, metadata={
+        "help": "Solutions per problem (generate-and-score's --num_rollouts, default 5): the policy's (or the "
+                "judge's) samples that mistake mining rates and labelling uses."})
     sample_temperature: float = 1.0
-    mining_low: float = field(default=0.3, metadata={"help": "Mistake mining: preferred solve-rate range, low end."})
-    mining_high: float = 0.8
-    max_label_solutions: int = field(default=200, metadata={"help": "Label at most this many solutions."})
+    mining: str = field(default="filter", metadata={
+        "help": "Mistake mining: filter (keep the problems whose fail rate lies in [fail_rate_low, fail_rate_high], "
+                "drop the rest: generate-and-score's behaviour) | order (every problem, those in the range first) "
+                "| none."})
+    fail_rate_low: float = field(default=0.3, metadata={"help": "Mistake mining: fail-rate range, low end."})
+    fail_rate_high: float = field(default=0.8, metadata={"help": "Mistake mining: fail-rate range, high end."})
+    mined_problems: int | None = field(default=1000, metadata={
+        "help": "Keep at most this many problems after mistake mining (generate-and-score's --num_samples, "
+                "default 1000)."})
+    max_label_solutions: int | None = field(default=None, metadata={
+        "help": "Label at most this many solutions (default: every solution of the mined problems)."})
     mc_rollouts: int = field(default=4, metadata={"help": "k completions per step prefix (Math-Shepherd)."})
     rollout_temperature: float = 1.0
     mc_label: str = field(default="hard", metadata={"help": "Which MC label trains: hard (any correct) or soft."})
@@ -62,22 +74,31 @@ class PRMStageArguments(StageArguments):
         "help": "Keep at most this many correct solutions per wrong one among the labelled solutions."})
     gen_max_new_tokens: int = 128
     gen_batch_size: int = 64
-    judge: str = field(default="local", metadata={"help": "openai | local (the synth stage's chat models)."})
+    judge: str = field(default="local", metadata={
+        "help": "openai (any OpenAI-compatible endpoint) | anthropic (Claude through the anthropic SDK) | local "
+                "(an HF model): stages.common.chat."})
     judge_model: str | None = None
     judge_base_url: str | None = None
-    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_api_key_env: str | None = field(default=None, metadata={
+        "help": "The environment variable holding the judge's API key (default OPENAI_API_KEY for openai, "
+                "ANTHROPIC_API_KEY for anthropic)."})
     judge_generates: bool = field(default=False, metadata={"help": "The judge also writes the solutions."})
     judge_transform: str = field(default="none", metadata={"help": "none | he | se"})
     seed_judge: int = 0
     import_files: list[str] = field(default_factory=list)
-    import_format: str = field(default="stepwise", metadata={"help": "stepwise | prm800k | math_shepherd | "
-                                                                       "pi_scores | text_label"})
+    import_format: str = field(default="stepwise", metadata={
+        "help": "stepwise | prm800k | math_shepherd | input_value_label (ProcessRewardTrainer) | dreamprm "
+                "(pi_scores: its flat form) | text_label"})
     prm800k_mode: str = field(default="neutral_positive", metadata={"help": "three | neutral_positive | "
                                                                              "neutral_negative"})
     import_label_map: str | None = field(default=None, metadata={"help": "JSON object for text_label rows."})
     prm_type: str = field(default="token_classification", metadata={
         "help": "token_classification (a head at each step's last token) | implicit (a causal LM's summed "
-                "log-likelihood ratio to a frozen reference up to each step; stages.prm_lib.implicit)."})
+                "log-likelihood ratio to a frozen reference up to each step; stages.prm_lib.implicit) | "
+                "sequence_classification (the seed's PRM: a sequence classifier scoring each step prefix) | "
+                "embeddings (a frozen sentence encoder, model_name_or_path, embeds each step with its question; a "
+                "small head classifies: stages.prm_lib.embeddings)."})
+    embedding_hidden_size: int = field(default=256, metadata={"help": "embeddings: the head's hidden width."})
     implicit_beta: float = field(default=1.0, metadata={"help": "implicit: step logit = beta * summed log-ratio."})
     implicit_reference: str | None = field(default=None, metadata={
         "help": "implicit: the frozen reference model; default (or @backbone) the PRM backbone's starting weights."})
@@ -90,7 +111,14 @@ class PRMStageArguments(StageArguments):
     class_weights: list[float] | None = None
     reweight: str = field(default="none", metadata={"help": "none | instance | domain (DreamPRM)."})
     baseline: bool = field(default=False, metadata={"help": "Switch reweighting off (the baseline run)."})
-    meta_fraction: float = 0.2
+    meta_fraction: float = field(default=0.2, metadata={
+        "help": "Reweighting: the training rows held out as the meta set (when meta_json_file is unset)."})
+    meta_json_file: str | None = field(default=None, metadata={
+        "help": "Reweighting: the meta set from its own file (DreamPRM's --meta_json_file), in meta_format; rows "
+                "with a meta_label (the solution's outcome) are judged by it."})
+    meta_format: str | None = field(default=None, metadata={"help": "The meta file's format (default: import_format)."})
+    meta_batch_size: int = field(default=1, metadata={"help": "Reweighting: meta rows per look-ahead (DreamPRM's "
+                                                              "--meta_batch_size, default 1)."})
     meta_lr: float = 0.1
     eval_fraction: float = field(default=0.2, metadata={"help": "Labelled rows held out for step metrics."})
     bon_problems: str = field(default="arith:test:500", metadata={"help": "Best-of-N problems ('none' to skip)."})
@@ -103,11 +131,20 @@ def prepare(configs: StageConfigs) -> StagePlan:
     if not model_args.model_name_or_path:
         raise ConfigError("model_name_or_path (the PRM backbone) is required: @sft, a folder, a checkpoint or tiny")
     for name, value, allowed in (("label_source", args.label_source, ("mc", "judge", "import")),
+                                 ("judge", args.judge, ("openai", "anthropic", "local")),
                                  ("judge_transform", args.judge_transform, ("none", "he", "se")),
                                  ("mc_label", args.mc_label, ("hard", "soft")),
+                                 ("mining", args.mining, labels.MINING_MODES),
                                  ("reweight", args.reweight, ("none", "instance", "domain"))):
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if not 0.0 <= args.fail_rate_low <= args.fail_rate_high <= 1.0:
+        raise ConfigError(f"fail_rate_low and fail_rate_high must satisfy 0 <= low <= high <= 1, got "
+                          f"{args.fail_rate_low} and {args.fail_rate_high}")
+    for name in ("samples_per_problem", "mined_problems", "max_label_solutions", "meta_batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
     if args.mc_skip_correct and args.mc_label != "hard":
         raise ConfigError("mc_skip_correct needs mc_label: hard (a soft label needs the rollouts it would skip)")
     if args.max_correct_per_wrong is not None and args.max_correct_per_wrong < 0:
@@ -118,27 +155,44 @@ def prepare(configs: StageConfigs) -> StagePlan:
         raise ConfigError(str(e)) from e
     if args.class_weights and len(args.class_weights) != enc.num_labels:
         raise ConfigError(f"class_weights needs {enc.num_labels} values for label_mode {args.label_mode}")
+    if enc.prm_type == "embeddings":
+        if model_args.use_peft:
+            raise ConfigError("prm_type embeddings trains a small head on a frozen encoder: use_peft must be false")
+        # BMUq's featurizer_model names (all-MiniLM-L6-v2) find the weights an installed package ships
+        model_args.model_name_or_path = resolve_encoder(model_args.model_name_or_path)
+    if args.meta_json_file and args.reweight == "none":
+        raise ConfigError("meta_json_file is the meta set of DreamPRM reweighting: set reweight: instance or domain "
+                          "(or drop meta_json_file)")
     try:
         label_map = labelling.parse_label_map(args.import_label_map)
         imported = labelling.imported_rows(args.import_files, args.import_format, prm800k_mode=args.prm800k_mode,
                                            label_map=label_map) if args.label_source == "import" else []
+        meta_rows = labelling.imported_rows([args.meta_json_file], args.meta_format or args.import_format,
+                                            prm800k_mode=args.prm800k_mode, label_map=label_map) \
+            if args.meta_json_file else []
     except ValueError as e:
         if isinstance(e, DataFormatError):
             raise
         raise ConfigError(str(e)) from e
     if args.label_source == "import" and not imported:
         raise ConfigError("label_source import needs import_files with at least one row")
+    if args.meta_json_file and not meta_rows:
+        raise ConfigError(f"meta_json_file {args.meta_json_file}: no rows")
     label_problems = load_problems(args.label_problems, seed=cfg.seed) if args.label_source != "import" else []
     bon = [] if args.bon_problems.lower() == "none" else load_problems(args.bon_problems, seed=cfg.seed)
     needs_policy = args.label_source == "mc" or (args.label_source == "judge" and not args.judge_generates) or bon
-    inputs = [f for f in args.import_files if Path(f).is_file()]
+    inputs = [f for f in [*args.import_files, args.meta_json_file] if f and Path(f).is_file()]
     details = {"label_source": args.label_source, "label_problems": len(label_problems), "imported_rows": len(imported),
-               "prm_type": args.prm_type, "label_mode": args.label_mode,
-               "reweight": "off" if args.baseline else args.reweight, "best_of_n_problems": len(bon),
-               "policy": args.policy if needs_policy else None}
+               "prm_type": args.prm_type, "label_mode": args.label_mode, "backbone": model_args.model_name_or_path,
+               "reweight": "off" if args.baseline else args.reweight, "meta_rows": len(meta_rows) or None,
+               "mining": None if args.label_source == "import" else
+               f"{args.mining} (fail rate in [{args.fail_rate_low}, {args.fail_rate_high}], at most "
+               f"{args.mined_problems} problems)",
+               "best_of_n_problems": len(bon), "policy": args.policy if needs_policy else None}
     return StagePlan(parent=model_args.model_name_or_path, inputs=inputs, details=details,
-                     data={"encoding": enc, "imported": imported, "label_problems": label_problems, "bon": bon,
-                           "needs_policy": bool(needs_policy)}, seed=cfg.seed)
+                     data={"encoding": enc, "imported": imported, "meta_rows": meta_rows,
+                           "label_problems": label_problems, "bon": bon, "needs_policy": bool(needs_policy)},
+                     seed=cfg.seed)
 
 
 def _policy_samples(args: PRMStageArguments, policy: Policy, problems: list[dict], seed: int) -> list[dict]:
@@ -148,8 +202,9 @@ def _policy_samples(args: PRMStageArguments, policy: Policy, problems: list[dict
 
 
 def _mined(args: PRMStageArguments, samples: list[dict]) -> tuple[list[dict], dict]:
-    return labelling.mined_solutions(samples, low=args.mining_low, high=args.mining_high,
-                                     limit=args.max_label_solutions, max_correct_per_wrong=args.max_correct_per_wrong)
+    return labelling.mined_solutions(samples, low=args.fail_rate_low, high=args.fail_rate_high, mode=args.mining,
+                                     max_problems=args.mined_problems, limit=args.max_label_solutions,
+                                     max_correct_per_wrong=args.max_correct_per_wrong)
 
 
 def make_labels(ctx: StageContext, args: PRMStageArguments, seed: int, policy: Policy | None, imported: list[dict],
@@ -194,8 +249,50 @@ def make_labels(ctx: StageContext, args: PRMStageArguments, seed: int, policy: P
     return rows
 
 
+def _policy_model_args(model_args: Any, path: str) -> Any:
+    """The recipe's dtype and attention settings for the policy that writes and rolls out
+    solutions (its quantization and LoRA settings are the PRM backbone's, not the policy's)."""
+    return dataclasses.replace(model_args, model_name_or_path=path, model_revision="main", use_peft=False,
+                               load_in_4bit=False, load_in_8bit=False)
+
+
+def _load_backbone(ctx: StageContext, enc: EncodingConfig, seed: int) -> dict[str, Any]:
+    """The PRM to train, by ``prm_type``, with what training, saving and scoring need next to it."""
+    args, model_args, path = ctx.args, ctx.configs.model, ctx.parent.path
+    if enc.prm_type == "embeddings":
+        encoder = StepEncoder(path, max_length=enc.max_length)
+        log.info("embeddings PRM: frozen encoder %s (%d-dim, %s pooling%s), head of width %d", path, encoder.dim,
+                 encoder.pooling, ", normalized" if encoder.normalize else "", args.embedding_hidden_size)
+        return {"model": new_head(encoder.dim, enc.num_labels, args.embedding_hidden_size), "encoder": encoder,
+                "tokenizer": encoder.tokenizer, "peft": None, "head": None, "reference": None}
+    tokenizer = load_tokenizer(path, padding_side="right")
+    out: dict[str, Any] = {"tokenizer": tokenizer, "encoder": None, "head": None, "reference": None}
+    if enc.prm_type == "implicit":
+        out["model"] = load_causal_lm(path, model_args)
+        ref_path = path if args.implicit_reference in (None, "", "@backbone") else materialize_parent(
+            args.implicit_reference, ctx.run_dir, is_main=ctx.is_main, seed=seed).path
+        reference = load_causal_lm(ref_path, model_args)
+        sizes = (out["model"].get_input_embeddings().weight.shape[0], reference.get_input_embeddings().weight.shape[0])
+        if sizes[0] != sizes[1]:
+            raise ValueError(f"implicit_reference {ref_path}: vocabulary of {sizes[1]} tokens, the backbone has "
+                             f"{sizes[0]}; the log-ratio needs the same tokenizer")
+        out.update(head=ImplicitHead(reference, enc.implicit_beta), reference=reference, reference_path=str(ref_path),
+                   peft=peft_config(model_args, "CAUSAL_LM"))
+    elif enc.prm_type == "sequence_classification":
+        out["model"] = load_sequence_classifier(path, enc.num_labels, model_args, pad_token_id=tokenizer.pad_token_id)
+        out["peft"] = peft_config(model_args, "SEQ_CLS")
+    else:
+        out["model"] = load_token_classifier(path, enc.num_labels, model_args)
+        out["peft"] = peft_config(model_args, "TOKEN_CLS")
+    if out["peft"] is not None:
+        from peft import get_peft_model  # deferred: heavy
+
+        out["model"] = get_peft_model(out["model"], out["peft"])
+    return out
+
+
 def build(ctx: StageContext, plan: StagePlan) -> StageResult:
-    args, cfg, model_args = ctx.args, ctx.configs.training, ctx.configs.model
+    args, cfg = ctx.args, ctx.configs.training
     enc: EncodingConfig = plan.data["encoding"]
     bon = plan.data["bon"]
     timings: dict[str, float] = {}
@@ -204,67 +301,69 @@ def build(ctx: StageContext, plan: StagePlan) -> StageResult:
     policy = None
     if plan.data["needs_policy"]:
         policy_path = materialize_parent(args.policy, ctx.run_dir, is_main=ctx.is_main, seed=seed).path
-        policy = load_policy(policy_path)
+        policy = load_policy(policy_path, _policy_model_args(ctx.configs.model, policy_path))
         metrics["policy"] = policy_path
     with labelling.timed("labels_total_s", timings):
         rows = make_labels(ctx, args, seed, policy, plan.data["imported"], plan.data["label_problems"], metrics,
                            timings)
     if not rows:
-        raise ValueError("no labelled solutions: the policy wrote no program with steps (is it trained?)")
+        raise ValueError("no labelled solutions: the policy wrote no program with steps (is it trained?), or mistake "
+                         "mining kept no problem (mining: order keeps them all)")
     ctx.write_jsonl("labels.jsonl", rows)
     train_rows, eval_rows = labelling.split_rows(rows, args.eval_fraction, seed)
     eval_rows = [r for r in eval_rows if not r.get("perturbed")]  # step metrics: the policy's own solutions
-    tokenizer = load_tokenizer(ctx.parent.path, padding_side="right")
-    head = reference = None
-    if enc.prm_type == "implicit":
-        model = load_causal_lm(ctx.parent.path, model_args)
-        ref_path = ctx.parent.path if args.implicit_reference in (None, "", "@backbone") else materialize_parent(
-            args.implicit_reference, ctx.run_dir, is_main=ctx.is_main, seed=seed).path
-        reference = load_causal_lm(ref_path, model_args)
-        sizes = (model.get_input_embeddings().weight.shape[0], reference.get_input_embeddings().weight.shape[0])
-        if sizes[0] != sizes[1]:
-            raise ValueError(f"implicit_reference {ref_path}: vocabulary of {sizes[1]} tokens, the backbone has "
-                             f"{sizes[0]}; the log-ratio needs the same tokenizer")
-        head = ImplicitHead(reference, enc.implicit_beta)
-        metrics["implicit_reference"] = str(ref_path)
-        peft = peft_config(model_args, "CAUSAL_LM")
-    else:
-        model = load_token_classifier(ctx.parent.path, enc.num_labels, model_args)
-        peft = peft_config(model_args, "TOKEN_CLS")
-    if peft is not None:
-        from peft import get_peft_model  # deferred: heavy
-
-        model = get_peft_model(model, peft)
+    parts = _load_backbone(ctx, enc, seed)
+    model, tokenizer, encoder, head = parts["model"], parts["tokenizer"], parts["encoder"], parts["head"]
+    if parts.get("reference_path"):
+        metrics["implicit_reference"] = parts["reference_path"]
     feat_kw = {"last_step_only": args.last_step_only, "hard_threshold": args.label_threshold}
+
+    def features(part: list[dict]) -> list[dict]:
+        if encoder is not None:
+            return featurize_embeddings(part, encoder, enc.label_mode, **feat_kw)
+        return featurize(part, tokenizer, enc, **feat_kw)
+
     reweighter = None
-    if args.reweight != "none" and not args.baseline:
-        train_rows, meta_rows = labelling.split_rows(train_rows, args.meta_fraction, seed + 1)
-        feats = featurize(train_rows, tokenizer, enc, **feat_kw)
-        reweighter, names = _reweighter(args, cfg, enc, tokenizer, train_rows, feats,
-                                        featurize(meta_rows, tokenizer, enc, **feat_kw), seed, head)
-    else:
-        feats = featurize(train_rows, tokenizer, enc, **feat_kw)
+    with labelling.timed("featurize_s", timings):
+        if args.reweight != "none" and not args.baseline:
+            meta_rows = plan.data["meta_rows"]
+            if not meta_rows:
+                train_rows, meta_rows = labelling.split_rows(train_rows, args.meta_fraction, seed + 1)
+            feats, meta_feats = features(train_rows), features(meta_rows)
+            reweighter, names = _reweighter(args, cfg, enc, tokenizer, train_rows, feats, meta_feats, seed, head)
+            metrics["meta"] = {"rows": len(meta_rows), "source": args.meta_json_file or f"{args.meta_fraction} of train",
+                               "objective": "outcome (meta_label)" if meta_feats and all("outcome" in f for f in
+                                                                                         meta_feats) else "steps",
+                               "batch_size": args.meta_batch_size}
+        else:
+            feats = features(train_rows)
     cfg.remove_unused_columns = False
-    trainer = PRMTrainer(model=model, args=cfg, train_dataset=feats, data_collator=PRMCollator(tokenizer.pad_token_id),
+    trainer = PRMTrainer(model=model, args=cfg, train_dataset=feats,
+                         data_collator=PRMCollator(getattr(tokenizer, "pad_token_id", None) or 0),
                          label_mode=enc.label_mode, class_weights=args.class_weights, instance_weight_fn=reweighter,
-                         step_head=head)
+                         step_head=head, encoding=enc)
     with labelling.timed("train_s", timings):
         metrics.update(ctx.train(trainer))
-    metrics["train_rows"], metrics["eval_rows"] = len(feats), len(eval_rows)
-    state_dict = full_state_dict(trainer) if peft is None else None  # every rank: FSDP / ZeRO-3 shards gathered
+    metrics["train_rows"], metrics["train_features"], metrics["eval_rows"] = len(train_rows), len(feats), len(eval_rows)
+    # every rank: FSDP / ZeRO-3 shards gathered (None when the model is whole, or a LoRA merged below)
+    state_dict = full_state_dict(trainer) if parts["peft"] is None else None
     model = trainer.model
-    if peft is not None:
+    if parts["peft"] is not None:
         model = model.merge_and_unload()  # the scorer loads plain weights
     model.eval()
     if ctx.is_main:
         model.save_pretrained(ctx.work_dir, state_dict=state_dict)
-        tokenizer.save_pretrained(ctx.work_dir)
         enc.save(ctx.work_dir)
-        if reference is not None:  # a self-contained checkpoint: the scorer needs the reference too
-            reference.save_pretrained(ctx.work_dir / REFERENCE_DIR)
+        if encoder is not None:  # a self-contained checkpoint: the scorer needs the frozen encoder too
+            encoder.save(ctx.work_dir / ENCODER_DIR)
+        else:
+            tokenizer.save_pretrained(ctx.work_dir)
+        if parts["reference"] is not None:  # likewise the implicit PRM's reference
+            parts["reference"].save_pretrained(ctx.work_dir / REFERENCE_DIR)
         if reweighter is not None:
             metrics["reweight"] = _save_reweight(reweighter, names, ctx.work_dir, args.reweight)
-    scorer = PRMScorer(ctx.work_dir, model=model, tokenizer=tokenizer, config=enc, batch_size=32, reference=reference)
+    scorer = PRMScorer(ctx.work_dir, model=model, tokenizer=tokenizer, config=enc, batch_size=32,
+                       reference=parts["reference"], encoder=encoder)
     with labelling.timed("eval_steps_s", timings):
         if eval_rows:
             metrics["eval"] = labelling.evaluate_steps(scorer, eval_rows, args.label_threshold)
@@ -279,6 +378,7 @@ def build(ctx: StageContext, plan: StagePlan) -> StageResult:
         log.info("best-of-%d on %d problems: PRM(min) %.3f %s, random %.3f %s, majority %.3f", args.bon_n,
                  b["n_problems"], b["prm_min"]["accuracy"], b["prm_min"]["ci95"], b["random"]["accuracy"],
                  b["random"]["ci95"], b["majority_vote"]["accuracy"])
+    metrics["prm_type"] = enc.prm_type
     metrics["timings_s"] = timings
     metrics["train_and_eval_s"] = round(sum(v for k, v in timings.items() if k != "labels_total_s"), 2)
     return StageResult(metrics)
@@ -294,9 +394,9 @@ def _reweighter(args, cfg, enc, tokenizer, train_rows, feats, meta_feats, seed, 
     for j, f in enumerate(feats):
         f["index"] = j  # the reweighter maps batch rows to groups by feature position
     rw = DreamPRMReweighter(groups, len(names), meta_feats,
-                            pad_token_id=tokenizer.pad_token_id, label_mode=enc.label_mode,
+                            pad_token_id=getattr(tokenizer, "pad_token_id", None) or 0, label_mode=enc.label_mode,
                             inner_lr=cfg.learning_rate, meta_lr=args.meta_lr,
-                            meta_batch_size=cfg.per_device_train_batch_size, class_weights=args.class_weights,
+                            meta_batch_size=args.meta_batch_size, class_weights=args.class_weights,
                             seed=seed, step_head=head)
     return rw, names
 
