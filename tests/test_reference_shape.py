@@ -56,7 +56,7 @@ def test_sft_reference_recipe_on_the_reference_shape(qwen_shape_model, tmp_path)
     assert losses[0] > 10  # random weights over 151,936 tokens: about ln(151936) = 11.9
     config = json.loads((run.checkpoint / "config.json").read_text())
     assert config["vocab_size"] == 151936 and config["hidden_size"] == 1536 and config["dtype"] == "bfloat16"
-    assert run.metrics["eval"]["n"] == 2
+    assert run.metrics["eval"]["gsm8k:test:2"]["n"] == 2
     assert_peak_within_plan(run)
 
 

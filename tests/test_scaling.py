@@ -106,7 +106,7 @@ def test_ddp_and_fsdp2_match_one_process(tmp_path):
         saved = load_file(latest / "model.safetensors")  # gathered from the shards under FSDP2
         assert saved.keys() == weights.keys()
         assert max(float((saved[k] - weights[k]).abs().max()) for k in weights) < 1e-4, run
-        assert json.loads((latest / "metrics.json").read_text())["eval"]["n"] == 6  # generation across 2 ranks
+        assert json.loads((latest / "metrics.json").read_text())["eval"]["arith:test:6"]["n"] == 6  # generation across 2 ranks
 
 
 def test_fsdp2_cpu_config_shards_like_the_gpu_config():
