@@ -130,12 +130,17 @@ def test_repair_and_prm_hooks_are_called_with_the_documented_interfaces(base: Pa
         def __init__(self, checkpoint):
             seen["prm_checkpoint"] = checkpoint
 
+        @classmethod
+        def check(cls, checkpoint):
+            return checkpoint
+
         def score(self, problems, solutions):
             seen.setdefault("prm_calls", []).append(len(solutions))
             return [[0.9, 0.8] if "print" in s else [0.1] for s in solutions]
 
-    monkeypatch.setitem(sys.modules, "stages.revise", types.SimpleNamespace(repair=repair))
-    monkeypatch.setitem(sys.modules, "stages.prm", types.SimpleNamespace(PRMScorer=PRMScorer))
+    monkeypatch.setitem(sys.modules, "stages.revise_lib", types.SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "stages.revise_lib.repair", types.SimpleNamespace(repair=repair))
+    monkeypatch.setitem(sys.modules, "stages.prm_lib.scorer", types.SimpleNamespace(PRMScorer=PRMScorer))
     folder = runner.main(["--model", str(base), "--eval_sets", "arith:test:500", "--limit", "3", "--task", "pot",
                           "--samples", "2", "--repair", "2", "--repair_max_new_tokens", "16", "--prm", "my-prm",
                           *TINY_ARGS])

@@ -34,7 +34,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from stages.common.data import write_json
+from stages.common.data import apply_umask, write_json
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
@@ -303,12 +303,14 @@ class StageCheckpoint:
         }
 
     def finalize(self, *, metrics: dict | None = None, extra: dict | None = None) -> Path:
-        """Write metrics.json, then manifest.json (last), rename .partial to v<N>, move ``latest``."""
+        """Write metrics.json, then manifest.json (last), give every file the permissions the umask
+        gives, rename .partial to v<N>, move ``latest``."""
         if self.status == "done":
             return self.final_dir
         shutil.rmtree(self.trainer_dir, ignore_errors=True)  # intermediate trainer checkpoints
         write_json(self.partial_dir / METRICS, metrics or {})
         (self.partial_dir / PLAN).unlink(missing_ok=True)
+        apply_umask(self.partial_dir)  # model.safetensors comes 0600 from safetensors' temporary file
         files = file_inventory(self.partial_dir)
         write_json(self.partial_dir / MANIFEST, self.manifest(metrics=metrics, extra=extra, files=files))
         os.replace(self.partial_dir, self.final_dir)

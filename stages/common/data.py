@@ -124,12 +124,39 @@ def read_jsonl(path: str | os.PathLike, schema: Schema | str | None = None) -> l
     return rows
 
 
+def current_umask() -> int:
+    """The process's umask (0o022 on most systems)."""
+    # os.umask can only be read by setting it; the stricter 0o077 meanwhile means a file another
+    # thread creates in between is at worst more private, never more open.
+    umask = os.umask(0o077)
+    os.umask(umask)
+    return umask
+
+
+def apply_umask(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or every file under a folder) the permissions the umask gives a new
+    file (0644 under umask 022), keeping execute bits the umask allows. mkstemp, and the temporary
+    files that libraries write atomically through (safetensors' ``save_file`` writes
+    ``model.safetensors`` so), create files 0600 whatever the umask, which shuts teammates on a
+    shared file system out of a checkpoint."""
+    path = Path(path)
+    umask = current_umask()
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file() and not f.is_symlink()]
+    for f in files:
+        current = f.stat().st_mode & 0o777
+        wanted = ((current & 0o111) | 0o666) & ~umask
+        if current != wanted:
+            f.chmod(wanted)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one; the file
+    gets the permissions the umask gives (mkstemp's own 0600 would hide it from teammates)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -152,7 +179,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Problem sources: "arith:<split>[:n[:seed]]", "gsm8k:<split>[:n]", or a jsonl path.
+# Problem sources: "arith:<split>[:n[:seed]][:levels=...]", "gsm8k:<split>[:n]", or a jsonl path.
 
 _GSM8K_FINAL_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 
@@ -207,17 +234,18 @@ def load_gsm8k(split: str) -> list[dict]:
 def load_problems(source: str, *, seed: int = 0) -> list[dict]:
     """Problems from a source spec:
 
-    - ``arith:<split>[:n[:seed]]``: the embedded arithmetic task (``stages.common.arith``);
+    - ``arith:<split>[:n[:seed]][:levels=L[,L...]]``: the embedded arithmetic task
+      (``stages.common.arith``; ``levels=4`` is its hard split);
     - ``gsm8k:<split>[:n]``: GSM8K (local copy or hub);
     - a path to a jsonl of Problem rows, or of raw GSM8K rows (``answer`` ending in ``#### x``).
     """
     kind, _, rest = source.partition(":")
     if kind == "arith" and rest:
 
-        parts = rest.split(":")
-        n = int(parts[1]) if len(parts) > 1 and parts[1] else 500
-        s = int(parts[2]) if len(parts) > 2 and parts[2] else seed
-        return arith.generate_problems(n, split=parts[0], seed=s)
+        try:
+            return arith.problems_from_spec(rest, seed=seed)
+        except ValueError as e:
+            raise DataFormatError(source, None, None, f"is not a valid arith source: {e}") from e
     if kind == "gsm8k" and rest and not Path(source).exists():
         split, _, n = rest.partition(":")
         rows = load_gsm8k(split)

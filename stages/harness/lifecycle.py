@@ -44,6 +44,7 @@ from stages.harness.policy import (
     evaluate_policy,
     input_files,
     load_policy,
+    parent_eval,
     save_policy,
 )
 
@@ -315,7 +316,13 @@ def _build_policy(stage: Stage, ctx: StageContext, plan: StagePlan, eval_sets: d
     ctx.policy = load_policy(ctx.parent.path, ctx.configs.model)
     metrics: dict[str, Any] = {}
     if eval_sets and args.eval_before:
-        metrics["eval_before"], _ = evaluate_policy(ctx.policy, eval_sets, args, label="parent")
+        reused = parent_eval(ctx.parent.manifest.get("metrics") if ctx.parent.manifest else None, eval_sets, args)
+        if reused is not None:
+            log.info("parent pass@1: the parent's own measurement on the same problems and decoding (%s)",
+                     ", ".join(f"{s} {100 * m['pass@1']:.1f}%" for s, m in reused.items()))
+            metrics["eval_before"] = reused
+        else:
+            metrics["eval_before"], _ = evaluate_policy(ctx.policy, eval_sets, args, label="parent")
     result = stage.build(ctx, plan)
     metrics.update(result.metrics)
     model = result.model if result.model is not None else ctx.policy.model

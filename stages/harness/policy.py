@@ -4,6 +4,7 @@ the same decoding is compared everywhere."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -112,6 +113,30 @@ def evaluate_pot(policy: Policy, problems: Sequence[dict], *, max_new_tokens: in
     return pass_at_1(details), details
 
 
+def eval_identity(problems: Sequence[dict], args: Any) -> dict[str, Any]:
+    """What makes two pass@1 measurements of the same weights the same: the problems and the
+    greedy decoding budget and batching."""
+    ids = "\n".join(f"{p['id']}\t{p['answer']}" for p in problems)
+    return {"problems_sha256": hashlib.sha256(ids.encode()).hexdigest(), "max_new_tokens": args.eval_max_new_tokens,
+            "batch_size": args.eval_batch_size, "decoding": "greedy"}
+
+
+def parent_eval(parent_metrics: dict | None, eval_sets: dict[str, list[dict]], args: Any) -> dict[str, dict] | None:
+    """The parent checkpoint's own after-training pass@1 on exactly these eval sets, problems and
+    decoding (its ``metrics.json``), or None when any set differs: measuring the same weights on the
+    same problems the same way again would give the same numbers."""
+    found = (parent_metrics or {}).get("eval")
+    if not isinstance(found, dict):
+        return None
+    out = {}
+    for source, problems in eval_sets.items():
+        m = found.get(source)
+        if not isinstance(m, dict) or m.get("identity") != eval_identity(problems, args):
+            return None
+        out[source] = {**m, "reused_from_parent": True}
+    return out
+
+
 def evaluate_policy(policy: Policy, eval_sets: dict[str, list[dict]], args: Any, *,
                     label: str = "policy") -> tuple[dict[str, dict], list[dict]]:
     """Greedy PoT pass@1 on each eval set (``args.eval_max_new_tokens``, ``args.eval_batch_size``):
@@ -123,6 +148,7 @@ def evaluate_policy(policy: Policy, eval_sets: dict[str, list[dict]], args: Any,
         metrics, rows = evaluate_pot(policy, problems, max_new_tokens=args.eval_max_new_tokens,
                                      batch_size=args.eval_batch_size)
         metrics["wall_s"] = round(time.perf_counter() - t0, 3)
+        metrics["identity"] = eval_identity(problems, args)
         out[source] = metrics
         details += [{"eval_set": source, **r} for r in rows]
         log.info("%s pass@1 on %s (%d problems): %.1f%% (mean %.1f completion tokens)", label, source,
