@@ -350,3 +350,22 @@ def test_round_slices_and_mix_share():
     mix = [{"id": f"m{i}"} for i in range(100)]
     assert len(mix_sample(mix, 30, 0.25, seed=0)) == 10  # 10 of 40 rows: a quarter
     assert mix_sample(mix, 0, 0.5, seed=0) == []
+
+
+def test_report_shows_the_evolve_panel(tmp_path):
+    from eval.report import build
+    from stages.common.checkpoint import checkpoint_key, open_stage
+
+    rows = [_row("print(1)", prm=0.9, sample=0, pid="a") | {"kept": True, "origin": "sample", "new_tokens": 10},
+            _row("print(2)", correct=False, prm=0.2, sample=1, pid="a") | {"kept": False, "reason": "wrong",
+                                                                            "origin": "sample", "new_tokens": 10}]
+    summaries = [{"id": "a", "_summary": True, "tree": True, "tree_tokens": 40, "tree_passing": True,
+                  "control_tokens": 42, "control_passing": False, "tree_stop": "solved"}]
+    metrics = round_metrics(rows, summaries, 1)
+    assert metrics["tree_vs_best_of_n"] == {"problems": 1, "tree_solved": 1, "tree_tokens": 40, "best_of_n_solved": 0,
+                                            "best_of_n_tokens": 42, "stop_reasons": {"solved": 1}}
+    ckpt = open_stage(tmp_path, "evolve", checkpoint_key(config={"s": 1}, parent=None, inputs=[], seed=0))
+    ckpt.finalize(metrics={"rounds": [metrics]})
+    html_path, md_path = build(tmp_path)
+    assert "Evolve: self-evolution" in html_path.read_text() and (tmp_path / "report_files" / "evolve.png").is_file()
+    assert "1 / 40" in md_path.read_text() and "0 / 42" in md_path.read_text()

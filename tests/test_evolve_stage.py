@@ -56,7 +56,7 @@ def checkpoints(tmp_path_factory, tiny_base):
          "executed_answer": "7", "correct": True, "source": "teacher", "n_tokens": 20}) + "\n" for i in range(800)))
     policy = sft_main(["--config", "recipes/tiny/sft.yaml", "--runs_dir", str(root / "runs"), "--run", "fx",
                        "--model_name_or_path", str(tiny_base), "--train_data", str(data), "--eval_data", "none",
-                       "--num_train_epochs", "1", "--per_device_train_batch_size", "16", "--learning_rate", "3e-3",
+                       "--num_train_epochs", "2", "--per_device_train_batch_size", "16", "--learning_rate", "3e-3",
                        "--warmup_steps", "5", "--save_strategy", "no", "--dataset_num_proc", "1"])
     prm = root / "prm"
     shutil.copytree(policy, prm, ignore=shutil.ignore_patterns("manifest.json", "metrics.json", "*.jsonl"))

@@ -52,7 +52,6 @@ from stages.harness.supervised import load_solution_rows, train_supervised
 log = logging.getLogger("mathforge.evolve")
 
 SCRATCH = "evolve"  # inside the build's trainer folder (removed when the version is published)
-POLICY_DONE = "round_complete.json"
 AGGREGATION_CHOICES = ("min", "product", "last")
 
 
@@ -337,11 +336,14 @@ class Rounds:
     def policy_dir(self, k: int) -> Path:
         return self.scratch / f"policy_round_{k}"
 
+    def done_file(self, k: int) -> Path:
+        return self.scratch / f"round_{k}.done.json"
+
     def finished_rounds(self) -> int:
         """The last round whose fine-tuned policy was saved (its generation and training are done)."""
         done = 0
         for k in range(1, self.args.rounds + 1):
-            if (self.policy_dir(k) / POLICY_DONE).is_file():
+            if self.done_file(k).is_file() and (self.policy_dir(k) / "config.json").is_file():
                 done = k
         return done
 
@@ -422,21 +424,27 @@ class Rounds:
         self.save_round_policy(k, metrics)
         return metrics
 
-    def save_round_policy(self, k: int, metrics: dict[str, Any]) -> None:
-        folder = self.policy_dir(k)
+    def save_round_policy(self, k: int, metrics: dict[str, Any] | None) -> None:
+        """Round ``k``'s policy and training metrics, kept until the version is published: a rerun
+        after an interruption starts from the last finished round instead of training it again.
+        Only the newest round's weights are kept."""
         if self.ctx.is_main:
+            folder = self.policy_dir(k)
             shutil.rmtree(folder, ignore_errors=True)
             save_policy(self.model, self.tokenizer, folder)
-            write_json(folder / POLICY_DONE, {"round": k, "train": metrics})
+            write_json(self.done_file(k), {"round": k, "train": metrics})
             if k > 1:
                 shutil.rmtree(self.policy_dir(k - 1), ignore_errors=True)
         self.ctx.state.wait_for_everyone()
 
-    def load_round_policy(self, k: int) -> dict[str, Any]:
-        folder = self.policy_dir(k)
-        self.model = load_causal_lm(str(folder), self.ctx.configs.model).to(self.device)
-        log.info("evolve round %d: its fine-tuned policy is already saved (%s); not training it again", k, folder)
-        return json.loads((folder / POLICY_DONE).read_text())["train"]
+    def finished_round(self, k: int, last: bool) -> dict[str, Any] | None:
+        """The training metrics of a round finished before an interruption (and, for the last
+        finished round, its policy, which the next round starts from)."""
+        if last:
+            folder = self.policy_dir(k)
+            self.model = load_causal_lm(str(folder), self.ctx.configs.model).to(self.device)
+            log.info("evolve round %d: finished before the interruption; its policy is loaded from %s", k, folder)
+        return json.loads(self.done_file(k).read_text())["train"]
 
 
 def build(ctx: StageContext, plan: StagePlan, *, scorer_factory: Any = None) -> StageResult:
@@ -477,7 +485,7 @@ def build(ctx: StageContext, plan: StagePlan, *, scorer_factory: Any = None) -> 
         mixed = mix_sample(mix_rows, len(rows), args.mix_ratio, ctx.seed + k)
         t1 = time.perf_counter()
         if k <= finished:
-            metrics["train"] = rounds.load_round_policy(k)
+            metrics["train"] = rounds.finished_round(k, last=k == finished)
         elif rows:
             metrics["train"] = rounds.train(k, rows + training_rows(mixed))
         else:
