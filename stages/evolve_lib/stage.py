@@ -474,6 +474,8 @@ def build(ctx: StageContext, plan: StagePlan, *, scorer_factory: Any = None) -> 
         kept = [output_row(r, k) for r in result["rows"] if r["kept"]]
         discarded = [output_row(r, k) for r in result["rows"] if not r["kept"] and r["origin"] != "bon_control"]
         ctx.write_jsonl(f"round_{k}/kept.jsonl", kept)
+        ctx.write_jsonl(f"round_{k}/problems.jsonl", [{key: v for key, v in s.items() if key != "_summary"}
+                                                      for s in result["summaries"]])
         all_kept += kept
         all_discarded += discarded
         covered |= {r["id"] for r in kept}
