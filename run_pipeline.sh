@@ -10,7 +10,8 @@
 # (same parent, config and data) is skipped by the stage itself; an interrupted one resumes. The
 # first failure stops the pipeline and names the stage. Extra arguments go to every stage
 # (e.g. `./run_pipeline.sh --seed 1`). A `--dry_run true` checks a stage only once the stages before
-# it exist (a dry run builds nothing for the next stage to read).
+# it exist (a dry run builds nothing for the next stage to read). LAUNCH_ARGS go to every
+# `accelerate launch` (several nodes: scripts/slurm_pipeline.sbatch sets the rank and main address there).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,6 +35,8 @@ Environment:
   ACCELERATE_CONFIG  accelerate config (default: accelerate_configs/single_gpu.yaml when nvidia-smi
                      sees a GPU, else accelerate_configs/cpu.yaml)
   NUM_PROCESSES      processes per stage (default: 1)
+  ACCELERATE_EXTRA_ARGS  more accelerate launch flags for every launch (several nodes: --num_machines,
+                     --machine_rank, --main_process_ip, --main_process_port; scripts/slurm_pipeline.sbatch)
 
 Every launch also gets the values accelerate would otherwise warn about: --num_cpu_threads_per_process
 (OMP_NUM_THREADS; else physical cores / NUM_PROCESSES with a use_cpu config, 1 on GPUs), --dynamo_backend no,
@@ -139,6 +142,7 @@ RECIPE=${RECIPE:-recipes/tiny}
 RUN=${RUN:-$(basename "$RECIPE")}
 RUNS_DIR=${RUNS_DIR:-runs}
 NUM_PROCESSES=${NUM_PROCESSES:-1}
+read -r -a LAUNCH_EXTRA <<< "${LAUNCH_ARGS:-}"
 if [ -z "${ACCELERATE_CONFIG:-}" ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     ACCELERATE_CONFIG=accelerate_configs/single_gpu.yaml
@@ -163,6 +167,10 @@ PY=.venv/bin/python
 # What every `accelerate launch` gets besides --mixed_precision (from each stage's recipe).
 LAUNCH_ARGS=(--config_file "$ACCELERATE_CONFIG" --num_processes "$NUM_PROCESSES"
   --num_cpu_threads_per_process "$(cpu_threads)" --dynamo_backend no)
+# ACCELERATE_EXTRA_ARGS: more `accelerate launch` flags, e.g. a node's rank on several nodes
+# (scripts/slurm_pipeline.sbatch sets --num_machines, --machine_rank, --main_process_ip/port).
+read -r -a EXTRA_LAUNCH_ARGS <<< "${ACCELERATE_EXTRA_ARGS:-}"
+LAUNCH_ARGS+=(${EXTRA_LAUNCH_ARGS[@]+"${EXTRA_LAUNCH_ARGS[@]}"})
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_DISABLE_TELEMETRY=1
 
 if [ ! -d "$RECIPE" ]; then

@@ -248,3 +248,12 @@ def test_the_parents_own_measurement_is_reused_only_when_it_is_the_same_measurem
     assert parent_eval(parent, {"arith:test:20": load_problems("arith:test:20", seed=1)}, args) is None
     assert parent_eval({"eval": {s: {"pass@1": 0.5} for s in sets}}, sets, args) is None  # no identity recorded
     assert parent_eval(None, sets, args) is None
+
+
+def test_pass_at_1_leaves_unreadable_golds_out_and_counts_them():
+    from stages.harness.policy import pass_at_1
+
+    rows = [{"correct": True, "status": "ok", "n_tokens": 10}, {"correct": False, "status": "ok", "n_tokens": 20},
+            {"correct": None, "status": "ok", "n_tokens": 99}]
+    m = pass_at_1(rows)
+    assert m["n"] == 2 and m["pass@1"] == 0.5 and m["unreadable_gold"] == 1 and m["mean_completion_tokens"] == 15

@@ -2,6 +2,10 @@
 
 ``python -m stages.common lineage runs/<run>/<stage>[/vN]`` prints the chain from that checkpoint
 back to its root (the base model).
+
+``python -m stages.common plan-memory --config <recipe> [--gpu-memory 40GiB] [--model_config DIR]``
+prints a stage's expected peak GPU memory and the largest micro-batch that fits
+(:mod:`stages.common.memory`).
 """
 
 from __future__ import annotations
@@ -59,11 +63,18 @@ def cmd_lineage(path: str, as_json: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["plan-memory"]:
+        from stages.common import memory
+
+        return memory.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m stages.common")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("lineage", help="print the checkpoints of a run and the chain of the newest one")
     p.add_argument("path", help="runs/<run>, a stage folder or a checkpoint folder")
     p.add_argument("--json", action="store_true")
+    sub.add_parser("plan-memory", help="expected peak GPU memory of a stage (--config RECIPE [--gpu-memory 40GiB])",
+                   add_help=False)
     args = parser.parse_args(argv)
     return cmd_lineage(args.path, args.json)
 

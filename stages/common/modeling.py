@@ -9,11 +9,14 @@ checkpoint. dtype, attention implementation, quantization (QLoRA through bitsand
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from stages.common.checkpoint import Parent, StageLock, checkpoint_key, open_stage, resolve_parent, stage_ref
+from stages.common.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +78,53 @@ def load_tokenizer(path: str, *, padding_side: str = "left", revision: str | Non
     return tok
 
 
+FLASH_ATTENTION = {"flash_attention_2": "flash_attn", "flash_attention_3": "flash_attn_interface"}
+
+
+def check_device_support(model_args: Any = None, training_args: Any = None, *, cuda: bool | None = None) -> None:
+    """A config that asks for a GPU-only feature on a machine without one (or without the feature's
+    package) is a :class:`ConfigError` naming the key, not a stack trace deep inside the loading code:
+    ``attn_implementation: flash_attention_2``, ``load_in_4bit`` / ``load_in_8bit`` (bitsandbytes) and a
+    DeepSpeed config (``deepspeed:`` in the recipe, or an ``accelerate launch`` with a ZeRO config).
+    Model loading calls it; a stage may call it earlier, right after parsing."""
+    if cuda is None:
+        import torch  # deferred: heavy
+
+        cuda = torch.cuda.is_available()
+    where = "this machine has no CUDA GPU"
+    attn = getattr(model_args, "attn_implementation", None)
+    if attn in FLASH_ATTENTION:
+        if not cuda:
+            raise ConfigError(f"attn_implementation: {attn} needs a CUDA GPU and {where}; use "
+                              "attn_implementation: sdpa (or eager)")
+        if importlib.util.find_spec(FLASH_ATTENTION[attn]) is None:
+            raise ConfigError(f"attn_implementation: {attn} needs the {FLASH_ATTENTION[attn]} package (the [gpu] "
+                              "extra: pip install -e '.[gpu]'), which is not installed; or use sdpa")
+    for key in ("load_in_4bit", "load_in_8bit"):
+        if getattr(model_args, key, False):
+            if not cuda:
+                raise ConfigError(f"{key}: true (bitsandbytes quantization, QLoRA) needs a CUDA GPU and {where}; set "
+                                  f"{key}: false (LoRA alone: use_peft: true)")
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ConfigError(f"{key}: true needs the bitsandbytes package (the [gpu] extra), which is not installed")
+    deepspeed = getattr(training_args, "deepspeed", None)
+    launched = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if deepspeed or launched:
+        key = "deepspeed (the recipe's DeepSpeed config)" if deepspeed else (
+            "the accelerate config's distributed_type: DEEPSPEED (accelerate_configs/zero2.yaml, zero3.yaml)")
+        if not cuda:
+            raise ConfigError(f"{key} needs CUDA GPUs and {where}; on CPU launch with accelerate_configs/cpu.yaml")
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError(f"{key} needs the deepspeed package (the [gpu] extra), which is not installed")
+
+
 def model_kwargs(model_args: Any, *, device_map: Any = None) -> dict:
-    """from_pretrained keyword arguments from a ``trl.ModelConfig`` (dtype, attention, quantization)."""
+    """from_pretrained keyword arguments from a ``trl.ModelConfig`` (dtype, attention, quantization),
+    after :func:`check_device_support`."""
     import torch  # deferred: heavy import
     from trl.trainer.utils import get_quantization_config  # deferred: heavy import
 
+    check_device_support(model_args)
     dtype = getattr(model_args, "dtype", None) or "auto"
     if dtype not in ("auto", None):
         dtype = getattr(torch, dtype)
@@ -122,10 +167,39 @@ def peft_config(model_args: Any, task_type: str | None = None):
     return cfg
 
 
-def save_policy(model, tokenizer, out: Path, export_merged: bool = False) -> None:
+def full_state_dict(trainer) -> dict | None:
+    """Call on every rank after training: the full state dict of a sharded model (FSDP, DeepSpeed ZeRO-3),
+    gathered from the shards (a collective), for the main process to pass to :func:`save_policy`; None when
+    the model is whole on each rank (DDP, one process), which saves as it is."""
+    from accelerate.utils import DistributedType  # deferred: heavy
+
+    accelerator = trainer.accelerator
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if accelerator.state.deepspeed_plugin.zero_stage != 3:
+            return None
+    elif accelerator.distributed_type != DistributedType.FSDP:
+        return None
+    return accelerator.get_state_dict(trainer.model_wrapped)
+
+
+def _without_tied_output(model, state_dict: dict) -> dict:
+    """A gathered state dict holds the tied output embedding as its own copy: leave it out, as
+    ``save_pretrained`` does for the model's own (shared) tensors."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "tie_word_embeddings", False) or not hasattr(model, "get_output_embeddings"):
+        return state_dict
+    head = model.get_output_embeddings()
+    tied = {f"{name}.weight" for name, module in model.named_modules() if module is head}
+    return {k: v for k, v in state_dict.items() if k not in tied}
+
+
+def save_policy(model, tokenizer, out: Path, export_merged: bool = False, state_dict: dict | None = None) -> None:
     """A trained policy's full weights, or its PEFT adapter (plus merged full weights in
-    ``merged/`` on request), with the tokenizer set for generation (left padding)."""
-    model.save_pretrained(out)
+    ``merged/`` on request), with the tokenizer set for generation (left padding). A sharded model
+    (FSDP, ZeRO-3) needs ``state_dict`` from :func:`full_state_dict`."""
+    if state_dict is not None:
+        state_dict = _without_tied_output(model, state_dict)
+    model.save_pretrained(out, state_dict=state_dict)
     tokenizer.padding_side = "left"
     tokenizer.save_pretrained(out)
     if export_merged and hasattr(model, "merge_and_unload"):

@@ -36,10 +36,12 @@ from stages.common.checkpoint import (
 )
 from stages.common.config import ConfigError, parse_config, resolved_config
 from stages.common.data import DataFormatError, load_problems, write_json, write_jsonl
-from stages.common.modeling import materialize_parent
+from stages.common.memory import check_memory_plan, flat_values
+from stages.common.modeling import check_device_support, full_state_dict, materialize_parent
 from stages.harness.arguments import PolicyTrainingArguments
 from stages.harness.policy import (
     Policy,
+    check_golds,
     eval_deltas,
     evaluate_policy,
     input_files,
@@ -137,8 +139,8 @@ class StageContext:
         self.seed = plan.seed
         self.policy: Policy | None = None
         self._lock: StageLock | None = None
-        self._train_metrics: list[dict] = []
         self._log_history: list[dict] = []
+        self.trainer: Any = None  # the last trainer ctx.train ran: its model is what a policy stage saves
         dry_run = bool(self.args.dry_run)
         self.parent: Parent | None = materialize_parent(
             plan.parent, self.run_dir, is_main=self.state.is_main_process, seed=plan.seed, dry_run=dry_run,
@@ -214,6 +216,7 @@ class StageContext:
             metrics["train_tokens"] = tokens
             metrics["train_tokens_per_s"] = tokens / wall if wall else None
         self._log_history += [{**row, **({"round": subdir} if subdir else {})} for row in trainer.state.log_history]
+        self.trainer = trainer
         return metrics
 
     # -- outputs ----------------------------------------------------------------------------
@@ -264,26 +267,30 @@ class StageContext:
 # The lifecycle
 
 
-def _prepare_policy_stage(configs: StageConfigs) -> dict[str, list[dict]]:
+def _prepare_policy_stage(configs: StageConfigs, stage: str) -> dict[str, list[dict]]:
     """What every policy-training stage checks before its own ``prepare``: a parent model, the
     run references in its data options, and its eval sets (read and validated now)."""
     args, model_args = configs.args, configs.model
     if not model_args.model_name_or_path:
         raise ConfigError("model_name_or_path is required (@latest_policy, @<stage>, a checkpoint, a folder, a hub "
                           "id or 'tiny')")
-    model_args.model_name_or_path = resolve_policy(model_args.model_name_or_path, args.run_dir)
+    model_args.model_name_or_path = resolve_policy(model_args.model_name_or_path, args.run_dir, stage)
     args.train_data = [stage_ref(s, args.run_dir) for s in args.train_data]
     args.eval_data = [stage_ref(s, args.run_dir) for s in args.eval_data if s.lower() != "none"]
     seed = getattr(configs.training, "seed", 0)
-    return {src: load_problems(src, seed=seed) for src in args.eval_data}
+    eval_sets = {src: load_problems(src, seed=seed) for src in args.eval_data}
+    check_golds(eval_sets)
+    return eval_sets
 
 
 def run_stage(stage: Stage, argv: list[str] | None = None) -> Path | None:
     """Run ``stage`` through the lifecycle; returns the checkpoint folder (None for a dry run)."""
     configs = StageConfigs.of(parse_config(stage.config_types, argv, prog=f"stages.{stage.name}"))
     setup_logging()
+    if configs.model is not None:  # a GPU-only setting on a machine without one: one line, before any work
+        check_device_support(configs.model, configs.training)
     trains_policy = isinstance(configs.args, PolicyTrainingArguments)
-    eval_sets = _prepare_policy_stage(configs) if trains_policy else {}
+    eval_sets = _prepare_policy_stage(configs, stage.name) if trains_policy else {}
     plan = stage.prepare(configs)
     if trains_policy:
         plan.inputs = list(dict.fromkeys([*plan.inputs, *input_files(configs.args.eval_data)]))
@@ -303,6 +310,8 @@ def run_stage(stage: Stage, argv: list[str] | None = None) -> Path | None:
             return None
         if configs.training is not None:
             ctx.point_trainer(configs.training)
+        if configs.model is not None and ctx.parent is not None:  # warns (naming the knobs) when it cannot fit
+            check_memory_plan(stage.name, flat_values(*configs.all()), ctx.parent.path)
         if not trains_policy:
             result = stage.build(ctx, plan)
             return ctx.finalize(result.metrics)
@@ -327,8 +336,10 @@ def _build_policy(stage: Stage, ctx: StageContext, plan: StagePlan, eval_sets: d
     metrics.update(result.metrics)
     model = result.model if result.model is not None else ctx.policy.model
     trained = Policy(model, ctx.policy.tokenizer)
+    # every rank: a model sharded by FSDP or ZeRO-3 is gathered here (None when it is whole)
+    state_dict = full_state_dict(ctx.trainer) if ctx.trainer is not None and model is ctx.trainer.model else None
     if ctx.is_main:
-        save_policy(trained, ctx.work_dir, args.export_merged)
+        save_policy(trained, ctx.work_dir, args.export_merged, state_dict=state_dict)
     if eval_sets:
         metrics["eval"], details = evaluate_policy(trained, eval_sets, args, label=ctx.stage)
         ctx.write_jsonl("eval_details.jsonl", details)

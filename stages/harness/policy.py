@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from rewards import score_pot
+from rewards.scoring import warn_unreadable_golds
 from stages.common import modeling
 from stages.common.checkpoint import resolve_parent
-from stages.common.data import DataFormatError
+from stages.common.data import DataFormatError, source_files
 from stages.common.generation import chat_prompts, generate
 from stages.common.stats import wilson_interval
 
@@ -37,8 +38,10 @@ def load_policy(path: str, model_args: Any = None) -> Policy:
     return Policy(modeling.load_causal_lm(path, model_args), tokenizer)
 
 
-def save_policy(policy: Policy, out: Path, export_merged: bool = False) -> None:
-    modeling.save_policy(policy.model, policy.tokenizer, out, export_merged)
+def save_policy(policy: Policy, out: Path, export_merged: bool = False, state_dict: dict | None = None) -> None:
+    """Save on the main process; a sharded model (FSDP, ZeRO-3) passes the ``state_dict`` that every
+    rank gathered (``stages.common.modeling.full_state_dict``)."""
+    modeling.save_policy(policy.model, policy.tokenizer, out, export_merged, state_dict=state_dict)
 
 
 def synth_file(folder: str | Path) -> Path:
@@ -51,8 +54,9 @@ def synth_file(folder: str | Path) -> Path:
 
 
 def input_files(sources: Sequence[str], name: str = "verified.jsonl") -> list[str]:
-    """The files that data sources read (for the manifest's input hashes): a file as it is, a
-    checkpoint folder's ``name``; generated sources (``arith:...``) read no file."""
+    """The files that data sources read (for the manifest's input hashes): a checkpoint folder's
+    ``name``, a jsonl file (field mapping or not), the local GSM8K split; generated sources
+    (``arith:...``) read no file."""
     files = []
     for src in sources:
         p = Path(src)
@@ -61,8 +65,8 @@ def input_files(sources: Sequence[str], name: str = "verified.jsonl") -> list[st
             f = Path(parent.path) / name
             if f.is_file():
                 files.append(str(f))
-        elif p.is_file():
-            files.append(str(p))
+        else:
+            files += source_files(src)
     return files
 
 
@@ -87,9 +91,12 @@ def sample_solutions(policy: Policy, problems: Sequence[dict], *, n: int, temper
 
 def pass_at_1(rows: Sequence[dict]) -> dict[str, Any]:
     """pass@1 with its 95% Wilson interval, mean completion tokens and the failure shares of
-    scored rows (``correct`` None, an unreadable gold, counts as not solved and is reported)."""
+    scored rows. A row whose gold cannot be read (``correct`` None) is left out of ``n`` and
+    counted in ``unreadable_gold``, as eval does: it is neither solved nor failed."""
+    unreadable = sum(r["correct"] is None for r in rows)
+    rows = [r for r in rows if r["correct"] is not None]
     n = len(rows)
-    k = sum(r["correct"] is True for r in rows)
+    k = sum(r["correct"] for r in rows)
     lo, hi = wilson_interval(k, n)
     return {
         "n": n,
@@ -98,8 +105,15 @@ def pass_at_1(rows: Sequence[dict]) -> dict[str, Any]:
         "mean_completion_tokens": sum(r["n_tokens"] for r in rows) / n if n else 0.0,
         "no_program_rate": sum(r["status"] == "no_code" for r in rows) / n if n else 0.0,
         "exec_error_rate": sum(r["status"] not in ("ok", "no_code") for r in rows) / n if n else 0.0,
-        "unreadable_gold": sum(r["correct"] is None for r in rows),
+        "unreadable_gold": unreadable,
     }
+
+
+def check_golds(problems_by_source: dict[str, list[dict]]) -> dict[str, int]:
+    """How many gold answers of each source cannot be read; a source with any gets one warning
+    with an example (``rewards.warn_unreadable_golds``): their problems are scored None, never 0."""
+    return {source: warn_unreadable_golds([p["answer"] for p in problems], source)
+            for source, problems in problems_by_source.items()}
 
 
 def evaluate_pot(policy: Policy, problems: Sequence[dict], *, max_new_tokens: int = 256, batch_size: int = 32,

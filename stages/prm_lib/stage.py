@@ -17,7 +17,13 @@ from typing import Any
 from stages.common.chat import ResponseCache
 from stages.common.config import ConfigError
 from stages.common.data import DataFormatError, load_problems
-from stages.common.modeling import load_causal_lm, load_tokenizer, materialize_parent, peft_config
+from stages.common.modeling import (
+    full_state_dict,
+    load_causal_lm,
+    load_tokenizer,
+    materialize_parent,
+    peft_config,
+)
 from stages.harness import Policy, StageArguments, StageConfigs, StageContext, StagePlan, StageResult
 from stages.harness.policy import load_policy, sample_solutions
 from stages.prm_lib import labelling
@@ -245,12 +251,13 @@ def build(ctx: StageContext, plan: StagePlan) -> StageResult:
     with labelling.timed("train_s", timings):
         metrics.update(ctx.train(trainer))
     metrics["train_rows"], metrics["eval_rows"] = len(feats), len(eval_rows)
+    state_dict = full_state_dict(trainer) if peft is None else None  # every rank: FSDP / ZeRO-3 shards gathered
     model = trainer.model
     if peft is not None:
         model = model.merge_and_unload()  # the scorer loads plain weights
     model.eval()
     if ctx.is_main:
-        model.save_pretrained(ctx.work_dir)
+        model.save_pretrained(ctx.work_dir, state_dict=state_dict)
         tokenizer.save_pretrained(ctx.work_dir)
         enc.save(ctx.work_dir)
         if reference is not None:  # a self-contained checkpoint: the scorer needs the reference too

@@ -15,7 +15,7 @@ states (up to the text's rounding), so a misread equation never enters a program
 prints the step whose stated result is the gold answer. The sandbox then runs every program
 (``stages.synth``), so what reaches the training data has executed and printed the gold answer.
 
-    python -m stages.common.gsm8k_pot ../shared/data/gsm8k/train.jsonl --show 3
+    python -m stages.synth_lib.gsm8k_pot ../shared/data/gsm8k/train.jsonl --show 3
 """
 
 from __future__ import annotations
@@ -349,7 +349,7 @@ def convert(question: str, solution: str, gold: str) -> Conversion:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="stages.common.gsm8k_pot", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="stages.synth_lib.gsm8k_pot", description=__doc__.split("\n\n")[0])
     ap.add_argument("source", help="a GSM8K jsonl (raw rows with '#### answer') or gsm8k:<split>")
     ap.add_argument("--show", type=int, default=0, help="print this many programs")
     args = ap.parse_args(argv)

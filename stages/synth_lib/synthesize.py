@@ -18,7 +18,7 @@ from sandbox import get_sandbox
 from stages.common.chat import LocalChat, OpenAIChat, ResponseCache
 from stages.common.checkpoint import stage_ref
 from stages.common.config import ConfigError
-from stages.common.data import DataFormatError, gsm8k_dir, load_problems, read_jsonl
+from stages.common.data import DataFormatError, load_problems, read_jsonl, source_files, split_source
 from stages.common.modeling import load_tokenizer
 from stages.common.pot import SYSTEM_PROMPT, extract_program, format_completion, program_key
 from stages.common.pot_style import (
@@ -123,25 +123,11 @@ class SynthArguments(StageArguments):
 # Inputs, validated before anything is written
 
 
-def _source_files(src: str) -> list[str]:
-    """The files a problem source reads (for the manifest's input hashes)."""
-    p = Path(src)
-    if p.is_file():
-        return [str(p)]
-    kind, _, rest = src.partition(":")
-    if kind == "gsm8k" and rest:
-        local = gsm8k_dir()
-        split = rest.split(":")[0]
-        if local is not None and (local / f"{split}.jsonl").is_file():
-            return [str(local / f"{split}.jsonl")]
-    return []
-
-
 def load_all_problems(sources: list[str], seed: int) -> list[dict]:
     problems: list[dict] = []
     where: dict[str, str] = {}
     for src in sources:
-        if not src.startswith(("arith:", "gsm8k:")) and not Path(src).exists():
+        if not src.startswith(("arith:", "gsm8k:")) and not Path(split_source(src)[0]).exists():
             raise DataFormatError(src, None, None, "does not exist (expected a jsonl file, arith:... or gsm8k:...)")
         for p in load_problems(src, seed=seed):
             if p["id"] in where:
@@ -255,7 +241,7 @@ def prepare(configs: StageConfigs) -> StagePlan:
     eval_sets = {src: [p["question"] for p in load_problems(src, seed=args.seed)] for src in args.decontaminate}
     cache_dir = default_cache_dir(args)
     build_teachers(args, cache_dir, few_shot, check_only=True)
-    inputs = [f for src in args.problems + args.decontaminate for f in _source_files(src)]
+    inputs = [f for src in args.problems + args.decontaminate for f in source_files(src)]
     if args.few_shot and Path(args.few_shot).is_file():
         inputs.append(args.few_shot)
     decon = Decontaminator(eval_sets, n=args.decontamination_ngram) if eval_sets else None
