@@ -279,18 +279,21 @@ def test_problems_without_gold_or_none_at_all_are_errors(tmp_path):
                                              {"id": "b", "question": "q2", "answer": " "}])
     with pytest.raises(DataFormatError, match=r"blank.jsonl:2: field 'answer'"):
         load_problem_sources([str(blank)], seed=0)
-    unreadable = _jsonl(tmp_path / "words.jsonl", [{"id": "a", "question": "q", "answer": "@@@ ???"}])
-    with pytest.raises(DataFormatError, match=r"words.jsonl:1: field 'answer'"):
-        load_problem_sources([str(unreadable)], seed=0)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DataFormatError, match="holds no problem"):
         load_problem_sources([str(empty)], seed=0)
+    unreadable = _jsonl(tmp_path / "words.jsonl", [{"id": "a", "question": "q", "answer": "@@@ ???"}])
+    with pytest.raises(DataFormatError, match=r"words.jsonl: field 'answer'.*can be read"):
+        load_problem_sources([str(unreadable)], seed=0)
 
 
-def test_repeated_ids_are_dropped_and_counted():
-    problems, dropped = load_problem_sources(["arith:train:30:1", "arith:train:30:1"], seed=0)
-    assert len(problems) == 30 and dropped == 30
+def test_unreadable_golds_and_repeated_ids_are_left_out_and_counted(tmp_path):
+    mixed = _jsonl(tmp_path / "mixed.jsonl", [{"id": "a", "question": "q", "answer": "@@@ ???"},
+                                             {"id": "b", "question": "q2", "answer": "4"}])
+    problems, counts = load_problem_sources([str(mixed), "arith:train:30:1", "arith:train:30:1:levels=1,2,3"], seed=0)
+    assert len(problems) == 31 and problems[0]["id"] == "b"
+    assert counts == {"unreadable_golds": 1, "duplicate_ids": 30}
 
 
 class _Scorer:

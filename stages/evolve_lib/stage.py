@@ -33,8 +33,8 @@ from typing import Any
 
 from trl import ModelConfig, SFTConfig
 
-from rewards import is_parseable_gold
 from rewards.functions import AGGREGATIONS
+from rewards.scoring import readable_gold
 from stages.common.checkpoint import MANIFEST, CheckpointError, resolve_parent, stage_ref
 from stages.common.config import ConfigError
 from stages.common.data import DataFormatError, load_gold_problems, load_problems, write_json
@@ -46,7 +46,7 @@ from stages.evolve_lib.tree import BRANCH_AT, SELECTIONS, TreeOptions
 from stages.evolve_lib.worker import SamplingOptions, Worker
 from stages.harness import PolicyTrainingArguments, Stage, StageConfigs, StageContext, StagePlan, StageResult
 from stages.harness.journal import Journal
-from stages.harness.policy import input_files
+from stages.harness.policy import check_golds, input_files
 from stages.harness.supervised import load_solution_rows, train_supervised
 
 log = logging.getLogger("mathforge.evolve")
@@ -210,23 +210,29 @@ def resolve_prm(spec: str, run_dir: Path, scorer_factory: Any) -> tuple[str, lis
     return str(folder), [str(manifest)] if manifest.is_file() else []
 
 
-def load_problem_sources(sources: list[str], *, seed: int) -> tuple[list[dict], int]:
-    """Problems with readable gold answers from every source (an error names the source, line and
-    field); a repeated id keeps its first problem (returned: how many were dropped)."""
+def load_problem_sources(sources: list[str], *, seed: int) -> tuple[list[dict], dict[str, int]]:
+    """Problems with gold answers from every source (a missing gold or an empty set is an error
+    naming the source, line and field). A gold that cannot be read is warned about once per
+    source and its problem left out (nothing sampled for it could be judged); a repeated id keeps
+    its first problem. Returns the problems and those two counts."""
+    by_source = load_gold_problems(sources, seed=seed, needed_by="evolve")
+    check_golds(by_source)
     problems: list[dict] = []
     seen: set[str] = set()
-    dropped = 0
-    for src in sources:
-        for lineno, row in enumerate(load_gold_problems([src], seed=seed, needed_by="evolve"), start=1):
-            if not is_parseable_gold(row["answer"]):
-                raise DataFormatError(src, lineno, "answer", f"gold answer {row['answer']!r:.60} cannot be read as an "
-                                                             "answer; evolve checks every sample against it")
-            if row["id"] in seen:
-                dropped += 1
-                continue
-            seen.add(row["id"])
-            problems.append(row)
-    return problems, dropped
+    counts = {"unreadable_golds": 0, "duplicate_ids": 0}
+    for rows in by_source.values():
+        for row in rows:
+            if readable_gold(row["answer"]) is None:
+                counts["unreadable_golds"] += 1
+            elif row["id"] in seen:
+                counts["duplicate_ids"] += 1
+            else:
+                seen.add(row["id"])
+                problems.append(row)
+    if not problems:
+        raise DataFormatError(",".join(sources), None, "answer", "holds no problem with a gold answer that can be "
+                                                                 "read; evolve checks every sample against it")
+    return problems, counts
 
 
 def check_no_eval_overlap(problems: list[dict], train_sources: list[str], eval_sources: list[str], *,
@@ -251,13 +257,13 @@ def prepare(configs: StageConfigs, *, scorer_factory: Any = None) -> StagePlan:
     check_vllm(args)
     check_policy(model_args.model_name_or_path)
     prm_path, prm_files = resolve_prm(args.prm_checkpoint, args.run_dir, scorer_factory)
-    problems, dropped = load_problem_sources(args.train_data, seed=cfg.seed)
+    problems, left_out = load_problem_sources(args.train_data, seed=cfg.seed)
     if args.max_train_samples:
         problems = problems[: args.max_train_samples]
     check_no_eval_overlap(problems, args.train_data, args.eval_data, seed=cfg.seed)
     args.mix_data = [stage_ref(s, args.run_dir) for s in args.mix_data]
     mix_rows = load_solution_rows(args.mix_data, seed=cfg.seed) if args.mix_data else []
-    details = {"problems": len(problems), "duplicate_ids_dropped": dropped, "rounds": args.rounds,
+    details = {"problems": len(problems), "left_out": left_out, "rounds": args.rounds,
                "num_samples": args.num_samples, "keep": {"threshold": args.keep_threshold,
                                                          "aggregation": args.prm_aggregation,
                                                          "per_problem": args.keep_per_problem},
