@@ -389,6 +389,50 @@ def plot_lineage(rows: list[dict], out: Path) -> bool:
     return True
 
 
+def evolve_section(ckpts: list[Checkpoint], assets: Path) -> tuple[str, list[str], list[dict], str]:
+    """The evolve panel: per checkpoint and round, yield, coverage (best-of-N alone and with the
+    tree), tree exploration against plain best-of-N at the same generated tokens, generation speed
+    and the scoring share; and the PRM score histograms of kept and discarded solutions."""
+    rows, hists = [], []
+    for c in ckpts:
+        if c.stage != "evolve":
+            continue
+        for i, m in enumerate(c.metrics.get("rounds") or [], start=1):
+            tree = m.get("tree_vs_best_of_n") or {}
+            rows.append({"checkpoint": c.label, "round": i, "problems": m.get("problems"), "kept": m.get("kept"),
+                         "yield": m.get("yield"), "coverage": m.get("coverage"),
+                         "coverage best-of-N": m.get("coverage_best_of_n"),
+                         "added by tree": m.get("coverage_added_by_tree"),
+                         "tree solved / tokens": f"{tree.get('tree_solved')} / {tree.get('tree_tokens')}" if tree else "-",
+                         "best-of-N solved / tokens (same budget)":
+                             f"{tree.get('best_of_n_solved')} / {tree.get('best_of_n_tokens')}" if tree else "-",
+                         "tokens/s": m.get("generated_tokens_per_s"),
+                         "sandbox+PRM share": m.get("scoring_share_of_sampling"),
+                         "failed": m.get("problems_failed")})
+            if isinstance(m.get("prm_histogram"), dict):
+                hists.append((f"{c.label} round {i}", m["prm_histogram"]))
+    images = []
+    if hists:
+        plt = _plt()
+        fig, axes = plt.subplots(1, len(hists), figsize=(4.5 * len(hists), 3.2), squeeze=False)
+        for ax, (label, h) in zip(axes.flat, hists, strict=True):
+            edges = h.get("bins") or []
+            centers = [(a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)]
+            width = 0.4 / max(1, len(centers))
+            ax.bar([x - width / 2 for x in centers], h.get("kept") or [], width, label="kept")
+            ax.bar([x + width / 2 for x in centers], h.get("discarded") or [], width, label="discarded")
+            ax.set_title(label, fontsize=9)
+            ax.set_xlabel("aggregated PRM score", fontsize=8)
+            ax.legend(fontsize=7)
+            ax.grid(axis="y", alpha=0.3)
+        fig.suptitle("Evolve: PRM scores of kept and discarded solutions")
+        fig.tight_layout()
+        fig.savefig(assets / "evolve.png", dpi=100)
+        plt.close(fig)
+        images.append(f"{ASSETS}/evolve.png")
+    return "Evolve: self-evolution", images, rows, "no evolve checkpoint in this run"
+
+
 # ---------------------------------------------------------------------------------------------
 # HTML and Markdown
 
@@ -473,6 +517,7 @@ def build(run_dir: Path) -> tuple[Path, Path]:
     sections.append(("PRM metrics", img("prm.png", plot_barh(prm, ("checkpoint", "metric"), "PRM metrics", "value",
                                                            assets / "prm.png")), prm,
                      "no PRM checkpoint in this run"))
+    sections.append(evolve_section(ckpts, assets))
     sections.append(("Checkpoint lineage", img("lineage.png", plot_lineage(lin, assets / "lineage.png")), lin,
                      "no complete checkpoint in this run"))
 
