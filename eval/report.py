@@ -411,6 +411,8 @@ def build(run_dir: Path) -> tuple[Path, Path]:
     sections.append(("PRM metrics", img("prm.png", plot_barh(prm, ("checkpoint", "metric"), "PRM metrics", "value",
                                                            assets / "prm.png")), prm,
                      "no PRM checkpoint in this run"))
+    sections.append(("Pass@1 with repair", [], repair_rows(ckpts),
+                     "no evaluation with repair (python -m eval.gsm8k --model <checkpoint> --repair --prm <prm>)"))
     sections.append(("Checkpoint lineage", img("lineage.png", plot_lineage(lin, assets / "lineage.png")), lin,
                      "no complete checkpoint in this run"))
 
@@ -437,6 +439,32 @@ def build(run_dir: Path) -> tuple[Path, Path]:
     atomic_write_text(html_path, "\n".join(parts))
     atomic_write_text(md_path, "\n".join(md))
     return html_path, md_path
+
+
+def repair_rows(ckpts: list[Checkpoint]) -> list[dict]:
+    """pass@1 with repair per checkpoint and eval set (``eval.gsm8k --repair``; newest evaluation
+    wins): plain pass@1 beside pass@1 with repair, what the loop attempted, fixed and broke, its
+    extra tokens per problem, and best-of-(1+R) by the same verifier (all R samples, and at the
+    repair's token budget) for comparison."""
+    rows = []
+    for c in ckpts:
+        seen: dict[str, dict] = {}
+        for r in c.evals:
+            for source, modes in (r.get("sets") or {}).items():
+                m = (modes.get("pot") or {}).get("repair")
+                if not isinstance(m, dict) or "attempted" not in m:
+                    continue
+                row = {"checkpoint": c.label, "set": source, "verifier": m.get("verifier"),
+                       "rounds": m.get("rounds"), "pass@1": m.get("pass@1_before"), "pass@1 repair": m.get("pass@1"),
+                       "attempted": m.get("attempted"), "fixed": m.get("fixed"), "broken": m.get("broken"),
+                       "extra tokens/problem": m.get("extra_tokens_per_problem")}
+                for name, label in (("best_of", "best-of-(1+R)"), ("best_of_same_budget", "best-of same budget")):
+                    if isinstance(m.get(name), dict):
+                        row[label] = m[name].get("pass@1")
+                        row[f"{label} tokens"] = m[name].get("extra_tokens_per_problem")
+                seen[source] = row
+        rows.extend(seen.values())
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
