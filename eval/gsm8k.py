@@ -72,6 +72,9 @@ class EvalArguments:
                 "steps are prefilled either way."})
     repair_temperature: float = field(default=0.0, metadata={"help": "Temperature of revisions (0: greedy)."})
     repair_candidates: int = field(default=1, metadata={"help": "Revisions sampled per round; the best is kept."})
+    repair_final: str = field(default="best", metadata={
+        "help": "The answer kept: best (the best-verified version), vote (the answer most of the loop's runs print), "
+                "last."})
     repair_max_growth: float = field(default=0.5, metadata={
         "help": "A revised program may grow to (1 + this) x the original's tokens (+16)."})
     repair_max_new_tokens: int = field(default=256, metadata={"help": "Generation budget of a revision."})
@@ -160,7 +163,8 @@ def repair_options(args: EvalArguments, loop: Any) -> Any:
     return loop.RepairOptions(rounds=args.repair_rounds, threshold=args.repair_threshold, prompt=args.repair_prompt,
                               max_growth=args.repair_max_growth, max_new_tokens=args.repair_max_new_tokens,
                               temperature=args.repair_temperature, candidates=args.repair_candidates,
-                              batch_size=args.batch_size, seed=args.seed, aggregation=args.prm_aggregation)
+                              batch_size=args.batch_size, seed=args.seed, aggregation=args.prm_aggregation,
+                              final=args.repair_final)
 
 
 def semantic_config(args: EvalArguments) -> dict:

@@ -231,3 +231,19 @@ def test_demonstration_rebuilds_the_request_of_the_round(monkeypatch):
     demo = loop.demonstration("Share.", previous, entry)
     assert demo["completion"] == rec["final"] and demo["messages"][0]["role"] == "system"
     assert "Step 3 raised ZeroDivisionError" in demo["messages"][-1]["content"]
+
+
+def test_vote_keeps_the_answer_most_runs_support(monkeypatch):
+    # the original is flagged by the PRM; one candidate passes with another answer, three keep the answer
+    outs = itertools.cycle(["c = 9\nprint(c)\n```", "c = a * 2  # BAD\nprint(c)\n```",
+                            "d = a + a  # BAD\nprint(d)\n```", "e = 2 * a  # BAD\nprint(e)\n```"])
+    _scripted(monkeypatch, lambda p: next(outs))
+    items = [{"id": "x", "question": "q", "completion": format_completion("a = 6\nb = a  # BAD\nprint(b * 2)")}]
+    options = dict(rounds=1, threshold=0.5, candidates=4, temperature=1.0, prompt="prefill")
+    (best,) = loop.repair(POLICY, items, RepairOptions(**options, final="best"), scorer=StepScorer())
+    assert best["final"] == "```python\na = 6\nc = 9\nprint(c)\n```" and best["final_version"] == 1
+    (voted,) = loop.repair(POLICY, items, RepairOptions(**options, final="vote"), scorer=StepScorer())
+    assert voted["rounds"][0]["candidate_answers"] == ["9", "12", "12", "12"]
+    assert voted["votes"]["12"] == [4, pytest.approx(0.4)] and voted["votes"]["9"] == [1, pytest.approx(0.9)]
+    # answer 12 wins 4 runs to 1; its runs rank alike (flagged, running, 0.1): the latest candidate
+    assert voted["final"] == "```python\na = 6\ne = 2 * a  # BAD\nprint(e)\n```" and voted["final_version"] is None

@@ -38,7 +38,7 @@ from stages.common.pot import build_messages, extract_program, program_key
 from stages.common.steps import split_program
 
 PROMPTS = ("feedback", "prefill")
-FINALS = ("best", "last")
+FINALS = ("best", "vote", "last")
 # The file name the sandbox gives a program in its tracebacks (sandbox/_server.py, PROGRAM_NAME).
 _FRAME_RE = re.compile(r'File "<program>", line (\d+)')
 _FENCE_TOKENS = 8  # room for the closing fence after the program, in tokens
@@ -60,7 +60,8 @@ class RepairOptions:
     candidates: int = 1                # revisions sampled per round; the verifier keeps the best
     batch_size: int = 64
     seed: int = 0
-    final: str = "best"                # best: the best-verified version (later wins ties); last: the last one
+    final: str = "best"                # best: the best-verified version (later wins ties); vote: see _record;
+                                       # last: the last one
 
     def check(self) -> None:
         """Raise ValueError naming the option that cannot work."""
@@ -334,6 +335,14 @@ class _Item:
     rounds: list[dict] = field(default_factory=list)
     stop: str | None = None
     extra_tokens: int = 0
+    pool: list[tuple[str, Verification, Flag | None]] = field(default_factory=list)  # every distinct version seen
+    votes: dict[str, list[float]] = field(default_factory=dict)  # answer -> [runs printing it, their summed score]
+
+    def vote(self, v: Verification) -> None:
+        if v.runs:
+            count = self.votes.setdefault(v.answer, [0, 0.0])
+            count[0] += 1
+            count[1] += v.score if v.score is not None else 0.0
 
     @property
     def current(self) -> tuple[str, Verification, Flag | None]:
@@ -358,6 +367,8 @@ def repair(policy: Any, items: Sequence[dict], options: RepairOptions | None = N
         flag = flag_step(v, options.threshold, force=f)
         item = _Item(it["question"], f, growth_limit(v.program_tokens, options))
         item.versions.append((it["completion"], v, flag))
+        item.pool.append((it["completion"], v, flag))
+        item.vote(v)
         if v.program is not None:
             item.keys.add(program_key(v.program))
         if flag is None:
@@ -406,11 +417,14 @@ def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: l
             if v.program is not None and v.program_tokens > s.limit:
                 outcome = "over_growth" if outcome == "repeat" else outcome
                 continue
+            s.vote(v)
             if v.program is not None and program_key(v.program) in s.keys:
                 continue
             fresh.append((completion, v, n, flag_step(v, options.threshold)))
+            s.pool.append((completion, v, fresh[-1][3]))
         entry = {"round": rnd, "flag": flag.as_dict(), "kept_steps": flag.step, "prompt": options.prompt,
-                 "candidates": len(tried), "generated_tokens": sum(n for _, _, n in tried)}
+                 "candidates": len(tried), "candidate_answers": [v.answer for _, v, _ in tried],
+                 "generated_tokens": sum(n for _, _, n in tried)}
         if not fresh:
             completion, v, _ = tried[0]
             s.rounds.append({**entry, "outcome": outcome, "revision": completion, **v.summary()})
@@ -428,26 +442,40 @@ def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: l
 
 
 def _record(item: dict, s: _Item, options: RepairOptions) -> dict:
+    """The item's record. The final version: ``best``, the version the verifier ranks highest (the
+    later on ties); ``vote``, the answer printed by the most runs (the original and each round's
+    candidates, repeats included: a policy that keeps printing an answer from other prefixes
+    supports it; their summed PRM score breaks ties), then the best-ranked version or candidate
+    printing it (self-consistency over the loop's own samples); ``last``, the last version."""
+    def ranked(pool: list, k: int) -> tuple:
+        return version_rank(pool[k][1], pool[k][2]), k
+
     if options.final == "last":
-        final = len(s.versions) - 1
+        completion, v, flag = s.versions[-1]
+    elif options.final == "vote" and s.votes:
+        answer = max(s.votes, key=lambda a: (*s.votes[a], a == s.versions[0][1].answer))
+        pool = [c for c in s.pool if c[1].runs and c[1].answer == answer]
+        completion, v, flag = pool[max(range(len(pool)), key=lambda k: ranked(pool, k))]
     else:
-        final = max(range(len(s.versions)), key=lambda k: (version_rank(s.versions[k][1], s.versions[k][2]), k))
-    completion, v, _ = s.versions[final]
+        completion, v, flag = s.versions[max(range(len(s.versions)), key=lambda k: ranked(s.versions, k))]
+    final = next((k for k, ver in enumerate(s.versions) if ver[0] == completion), None)
     _, v0, flag0 = s.versions[0]
     return {"id": item.get("id"), "attempted": flag0 is not None, "forced": s.force,
             "flag": flag0.as_dict() if flag0 else None, "initial": v0.summary(), "rounds": s.rounds,
-            "final": completion, "final_version": final, "final_verified": s.versions[final][2] is None,
-            "final_check": v.summary(), "stop": s.stop, "extra_tokens": s.extra_tokens}
+            "final": completion, "final_version": final, "final_verified": flag is None,
+            "final_check": v.summary(), "stop": s.stop, "extra_tokens": s.extra_tokens,
+            "votes": s.votes if options.final == "vote" else None}
 
 
 def record_fields() -> tuple[str, ...]:
     """The fields of a :func:`repair` record: ``attempted`` (flagged by the verifier, or forced),
     ``flag`` (the first flag: step, reason, kind), ``initial`` and ``final_check`` (verifications),
     ``rounds`` (one entry per round: flag, revision, outcome accepted / repeat / over_growth, its
-    run and step scores), ``final`` (the completion chosen), ``final_version`` (0: the original),
+    run and step scores), ``final`` (the completion chosen), ``final_version`` (0: the original; None:
+    a candidate of a round that was not kept as a version, chosen by the vote),
     ``stop`` (not_flagged, verified, repeat, over_growth, rounds) and ``extra_tokens`` (generated)."""
     return ("id", "attempted", "forced", "flag", "initial", "rounds", "final", "final_version", "final_verified",
-            "final_check", "stop", "extra_tokens")
+            "final_check", "stop", "extra_tokens", "votes")
 
 
 def demonstration(question: str, previous: str, entry: dict, prompt: str = "feedback") -> dict:

@@ -31,7 +31,14 @@ from stages.harness.journal import Journal
 from stages.harness.policy import input_files, sample_solutions
 from stages.harness.supervised import train_supervised
 from stages.revise_lib.data import dedupe, pair_row, read_solutions, solution_file, verified_row
-from stages.revise_lib.repair import RepairOptions, demonstration, repair, revised_versions, token_counts
+from stages.revise_lib.repair import (
+    PROMPTS,
+    RepairOptions,
+    demonstration,
+    repair,
+    revised_versions,
+    token_counts,
+)
 
 log = logging.getLogger("mathforge.revise")
 
@@ -67,9 +74,12 @@ class ReviseArguments(PolicyTrainingArguments):
     threshold: float | None = field(default=0.5, metadata={
         "help": "A step the PRM scores under this is flagged (null: the PRM only ranks versions)."})
     aggregation: str = field(default="min", metadata={"help": "A version's PRM score: min, product, last, mean."})
-    revise_prompt: str = field(default="feedback", metadata={
-        "help": "feedback (numbered steps, the flagged step and why) or prefill (the plain PoT prompt); the kept "
-                "steps are prefilled in the assistant turn either way."})
+    revise_prompt: str = field(default="prefill", metadata={
+        "help": "The loop's prompt: feedback (numbered steps, the flagged step and why) or prefill (the plain PoT "
+                "prompt); the kept steps are prefilled in the assistant turn either way."})
+    demo_prompt: str = field(default="feedback", metadata={
+        "help": "The prompt of the revision demonstrations the policy is fine-tuned on (feedback: it learns to "
+                "read the feedback; prefill: they are the repaired rows)."})
     max_growth: float = field(default=0.5, metadata={
         "help": "A revised program may have at most (1 + max_growth) x the original's tokens (+ growth_slack)."})
     growth_slack: int = 16
@@ -143,6 +153,8 @@ def prepare(configs: StageConfigs, *, scorer_factory: Any = None) -> StagePlan:
         options.check()
     except ValueError as e:
         raise ConfigError(f"revise: {e}") from e
+    if args.demo_prompt not in PROMPTS:
+        raise ConfigError(f"demo_prompt must be one of {PROMPTS}, got {args.demo_prompt!r}")
     if args.select not in SELECT:
         raise ConfigError(f"select must be one of {SELECT}, got {args.select!r}")
     bad = [t for t in args.train_on if t not in TRAIN_ON]
@@ -174,7 +186,7 @@ def prepare(configs: StageConfigs, *, scorer_factory: Any = None) -> StagePlan:
     details = {"problems": len(problems), "samples_per_problem": args.samples_per_problem,
                "solutions": len(solutions), "solutions_skipped": skipped, "solutions_missing": missing,
                "prm_checkpoint": prm_path, "verifier": "prm+sandbox" if prm_path else "sandbox",
-               "loop": vars(options), "train_on": args.train_on}
+               "loop": vars(options), "train_on": args.train_on, "demo_prompt": args.demo_prompt}
     return StagePlan(parent=model_args.model_name_or_path, inputs=inputs, details=details,
                      data={"problems": problems, "solutions": solutions, "prm": prm_path, "skipped": skipped,
                            "missing": missing},
@@ -285,12 +297,12 @@ def outputs(ctx: StageContext, revised: list[dict], sampled: list[dict]) -> tupl
         verified.append(verified_row(row, completion, entry["answer"], chosen_tokens, entry["round"]))
         pairs.append(pair_row(row, completion, chosen_tokens, rejected_tokens))
         demos.append({"id": row["id"], "kind": "demonstration",
-                      **demonstration(row["question"], previous, entry, args.revise_prompt)})
+                      **demonstration(row["question"], previous, entry, args.demo_prompt)})
     train: list[dict] = []
     if "repaired" in args.train_on:
         train += [{"id": v["id"], "kind": "repaired", "question": v["question"], "completion": v["completion"]}
                   for v in verified]
-    if "demonstrations" in args.train_on and args.revise_prompt == "feedback":  # prefill demos are the repaired rows
+    if "demonstrations" in args.train_on and args.demo_prompt == "feedback":  # prefill demos are the repaired rows
         train += demos
     if "replay" in args.train_on and train:
         right = [r for r in sampled if r["correct"] is True]
