@@ -5,6 +5,8 @@ It reads every complete checkpoint of the run (manifests), their ``metrics.json`
 results (``<checkpoint>/eval/*/results.json``, see ``eval.results``) and trainer logs
 (``log_history.json``), and shows:
 
+- first, the run at a glance: each policy stage's greedy pass@1 on every eval set (the usual test
+  split and the hard one) and its mean completion tokens, in one picture and one table;
 - accuracy per stage on each eval set (greedy pass@1 with its 95% interval; pass@k, maj@k,
   PRM best-of-k and pass@1 after repair in the table when measured);
 - mean completion length per stage;
@@ -111,7 +113,63 @@ def _flat_eval(m: dict) -> dict:
             out[f"sampled {k}"] = v
     if isinstance(m.get("repair"), dict):
         out[f"pass@1 repair@{m['repair'].get('rounds')}"] = m["repair"].get("pass@1")
+    if m.get("unreadable_gold"):  # problems left out of n: their gold answer cannot be read
+        out["unreadable gold"] = m["unreadable_gold"]
     return out
+
+
+def story_rows(acc: list[dict]) -> list[dict]:
+    """The run in one table: one row per policy checkpoint (pipeline order), greedy PoT pass@1 and
+    mean completion tokens on every eval set, and the change from the row before."""
+    sets = list(dict.fromkeys(r["set"] for r in acc if r["mode"] == "pot" and "pass@1" in r))
+    rows: list[dict] = []
+    for label in dict.fromkeys(r["checkpoint"] for r in acc):
+        found = {r["set"]: r for r in acc if r["checkpoint"] == label and r["mode"] == "pot" and "pass@1" in r}
+        if not found:
+            continue
+        row: dict[str, Any] = {"checkpoint": label}
+        for source in sets:
+            r = found.get(source)
+            row[f"pass@1 {source}"] = r["pass@1"] if r else None
+            row[f"tokens {source}"] = r.get("mean_completion_tokens") if r else None
+        rows.append(row)
+    for before, after in zip(rows, rows[1:], strict=False):
+        for source in sets:
+            a, b = after[f"pass@1 {source}"], before[f"pass@1 {source}"]
+            after[f"change {source}"] = (f"{100 * (a - b):+.1f} pts" if a is not None and b is not None else "")
+    return rows
+
+
+def plot_story(rows: list[dict], out: Path) -> bool:
+    """pass@1 on each eval set (top) and mean completion tokens (bottom), stage by stage."""
+    if not rows:
+        return False
+    sets = [k[len("pass@1 "):] for k in rows[0] if k.startswith("pass@1 ")]
+    labels = [r["checkpoint"] for r in rows]
+    plt = _plt()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 1.3 * len(labels) + 3), 6), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 2]})
+    for source in sets:
+        pts = [(i, 100 * r[f"pass@1 {source}"]) for i, r in enumerate(rows) if r[f"pass@1 {source}"] is not None]
+        line = top.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=source)[0]
+        for x, y in pts:
+            top.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7,
+                         color=line.get_color())
+        pts = [(i, r[f"tokens {source}"]) for i, r in enumerate(rows) if r[f"tokens {source}"] is not None]
+        bottom.plot([p[0] for p in pts], [p[1] for p in pts], marker="s", label=source, color=line.get_color())
+    top.set_ylabel("greedy pass@1 (%)")
+    top.set_ylim(0, 105)
+    top.set_title("The run, stage by stage", fontsize=11)
+    top.set_xlim(-0.5, len(labels) - 0.5)
+    top.legend(fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.set_ylabel("mean completion tokens")
+    bottom.grid(alpha=0.3)
+    bottom.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return True
 
 
 def yield_rows(ckpts: list[Checkpoint]) -> list[dict]:
@@ -397,6 +455,9 @@ def build(run_dir: Path) -> tuple[Path, Path]:
     def img(name: str, ok: bool) -> list[str]:
         return [f"{ASSETS}/{name}"] if ok else []
 
+    story = story_rows(acc)
+    sections.append(("The run at a glance", img("story.png", plot_story(story, assets / "story.png")), story,
+                     "no policy checkpoint with an evaluation yet"))
     sections.append(("Accuracy per stage", img("accuracy.png", plot_accuracy(acc, assets / "accuracy.png")), acc,
                      "no evaluation results yet (python -m eval.gsm8k --model <checkpoint>)"))
     sections.append(("Completion length per stage", img("length.png", plot_lengths(acc, assets / "length.png")),

@@ -124,7 +124,7 @@ class SandboxConfig:
         return SandboxConfig(**{**asdict(self), **overrides})
 
 
-def extract_answer(stdout: str) -> str | None:
+def last_output_line(stdout: str) -> str | None:
     """The PoT answer: the last non-empty line of stdout, stripped (None when there is none)."""
     for line in reversed(stdout.splitlines()):
         line = line.strip()

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import select
 import signal
+import site
 import subprocess
 import sys
 import threading
@@ -25,8 +26,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from sandbox import _protocol
-from sandbox.config import ERROR, OUTPUT_LIMIT, SANDBOX_ERROR, ExecResult, SandboxConfig, extract_answer
+from sandbox.config import ERROR, OUTPUT_LIMIT, SANDBOX_ERROR, ExecResult, SandboxConfig, last_output_line
 
 _PIPELINE_DEPTH = 2  # requests queued per worker
 _PIPELINE_MAX_BYTES = 4000  # a queued request must fit an empty pipe (4 KiB at the least)
@@ -57,8 +60,6 @@ def _server_env() -> dict[str, str]:
 
 def _site_dirs() -> list[str]:
     """This interpreter's site-packages directories (the workers run without ``site``)."""
-    import site
-
     dirs = list(site.getsitepackages())
     if site.ENABLE_USER_SITE and not sys.flags.no_user_site:
         dirs.append(site.getusersitepackages())
@@ -287,8 +288,6 @@ class Sandbox:
             return []
         bar = None
         if progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=len(codes), desc="sandbox", unit="prog")
         try:
             with self._lock:
@@ -422,7 +421,7 @@ class Sandbox:
 def _to_result(m: dict[str, Any]) -> ExecResult:
     status = m["status"]
     stdout = m["stdout"]
-    return ExecResult(status=status, answer=None if status == OUTPUT_LIMIT else extract_answer(stdout),
+    return ExecResult(status=status, answer=None if status == OUTPUT_LIMIT else last_output_line(stdout),
                       stdout=stdout, stderr=m["stderr"], elapsed_s=m["elapsed_s"], error_type=m["error_type"],
                       exit_code=m["exit_code"])
 

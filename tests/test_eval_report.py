@@ -20,7 +20,7 @@ from eval.results import publish
 from stages.common.checkpoint import checkpoint_key, open_stage, resolve_parent
 
 CHROMIUM_INSTALL = "apt-get install -y chromium"
-EXPECTED_IMAGES = {"accuracy.png", "length.png", "curves_sft_v1.png", "curves_grpo_v1.png", "data.png", "prm.png",
+EXPECTED_IMAGES = {"story.png", "accuracy.png", "length.png", "curves_sft_v1.png", "curves_grpo_v1.png", "data.png", "prm.png",
                    "lineage.png"}
 
 
@@ -73,6 +73,10 @@ def test_report_content(run_dir: Path):
     assert "train_wall_s" not in md  # not a [0, 1] PRM metric
     assert "| synth/v1 | verified.jsonl | 31 |" in md and "| synth/v1 | yield | 0.620 |" in md
     assert "| grpo/v1 | sft/v1 |" in md  # lineage: parent of grpo
+    # the first section tells the run in one table: pass@1 and tokens per eval set, and the change
+    assert md.index("## The run at a glance") < md.index("## Accuracy per stage")
+    assert "| sft/v1 | 0.410 | 58.000 | 0.020 | 58.000 |" in md
+    assert "| grpo/v1 | 0.550 | 48.000 | 0.030 | 48.000 | +14.0 pts | +1.0 pts |" in md
     assert report.curve_keys(json.loads((run_dir / "grpo" / "v1" / "log_history.json").read_text()))[:2] == \
         ["loss", "reward"]
     page = html_path.read_text()
@@ -85,7 +89,7 @@ def test_sections_without_data_have_no_plot(tmp_path: Path):
     _ckpt(run, "sft", base, {"eval": {"arith:test:40": {"pass@1": 0.25, "n": 40, "pass@1_ci95": [0.1, 0.4]},
                                       "arith:test:20:levels=4": {"pass@1": 0.5, "n": 20}}})
     _, md_path = report.build(run)
-    assert {p.name for p in (run / report.ASSETS).glob("*.png")} == {"accuracy.png", "lineage.png"}
+    assert {p.name for p in (run / report.ASSETS).glob("*.png")} == {"story.png", "accuracy.png", "lineage.png"}
     md = md_path.read_text()
     for note in ("no PRM checkpoint in this run", "no trainer logs", "no data artifacts", "no evaluation results yet"):
         assert f"_{note}" in md, note

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import ExecResult, Sandbox, SandboxConfig, get_sandbox, isolation_report
-from sandbox.config import extract_answer
+from sandbox.config import last_output_line
 
 REPO = Path(__file__).resolve().parents[1]
 LIGHT = ("math", "fractions", "itertools")  # pools that never need sympy start faster
@@ -56,7 +56,7 @@ def test_workers_follow_local_world_size(monkeypatch):
 
 @pytest.mark.parametrize("stdout,answer", [("42\n", "42"), ("a\n 7/2 \n\n  \n", "7/2"), ("", None), ("\n\n", None)])
 def test_extract_answer_is_the_last_nonempty_line(stdout, answer):
-    assert extract_answer(stdout) == answer
+    assert last_output_line(stdout) == answer
 
 
 # --- statuses --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from trl.chat_template_utils import (
 )
 
 from stages.common.arith import corpus_text, generate_problems
+from stages.common.data import current_umask
 from stages.common.pot import SYSTEM_PROMPT, build_messages, format_completion
 from stages.common.tiny import DEFAULT_SIZES, build_model, build_tiny_checkpoint, build_tokenizer
 
@@ -130,6 +131,13 @@ def test_building_twice_gives_identical_files(tmp_path, checkpoint):
         assert (again / name).read_bytes() == (checkpoint / name).read_bytes(), name
     other = build_tiny_checkpoint(tmp_path / "other", seed=1, **SMALL)
     assert (other / "model.safetensors").read_bytes() != (checkpoint / "model.safetensors").read_bytes()
+
+
+def test_built_files_get_the_permissions_the_umask_gives(checkpoint):
+    # safetensors writes model.safetensors through a 0600 temporary file; the build widens it
+    wanted = 0o666 & ~current_umask()
+    modes = {f.name: f.stat().st_mode & 0o777 for f in checkpoint.iterdir() if f.is_file()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, wanted)
 
 
 def test_complete_build_is_reused_and_mismatch_is_an_error(tmp_path):

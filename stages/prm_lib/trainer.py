@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from transformers import Trainer
 
 from stages.prm_lib.model import IGNORE, EncodingConfig, completion_start, encode_solution, step_target
@@ -45,7 +46,6 @@ class PRMCollator:
         self.pad = pad_token_id
 
     def __call__(self, feats: Sequence[dict]) -> dict[str, Any]:
-        import torch  # deferred: heavy import
 
         width = max(len(f["input_ids"]) for f in feats)
         n = len(feats)
@@ -66,20 +66,18 @@ class PRMCollator:
 def prm_loss(logits, labels, mode: str, *, class_weights: Sequence[float] | None = None, instance_weights=None):
     """Mean step loss over labelled positions; ``instance_weights`` (one per row) scale each
     row's steps (DreamPRM's weights enter the training loss here)."""
-    import torch  # deferred: heavy import
-    import torch.nn.functional as F  # noqa: N812, PLC0415
 
     mask = labels != IGNORE
     y = torch.where(mask, labels, torch.zeros_like(labels))
     cw = torch.tensor(class_weights, dtype=logits.dtype, device=logits.device) if class_weights else None
     if mode == "soft":
         z = logits[..., 1] - logits[..., 0]
-        per = F.binary_cross_entropy_with_logits(z.float(), y, reduction="none")
+        per = torch.nn.functional.binary_cross_entropy_with_logits(z.float(), y, reduction="none")
         if cw is not None:
             per = per * (y * cw[1] + (1 - y) * cw[0])
     else:
         flat = logits.float().reshape(-1, logits.shape[-1])
-        per = F.cross_entropy(flat, y.long().reshape(-1), weight=cw.float() if cw is not None else None,
+        per = torch.nn.functional.cross_entropy(flat, y.long().reshape(-1), weight=cw.float() if cw is not None else None,
                               reduction="none").reshape(y.shape)
     if instance_weights is not None:
         per = per * instance_weights.to(per.dtype)[:, None]
