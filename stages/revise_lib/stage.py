@@ -28,7 +28,7 @@ from stages.common.data import DataFormatError, load_gold_problems, load_problem
 from stages.common.pot import extract_program, program_key
 from stages.harness import PolicyTrainingArguments, Stage, StageConfigs, StageContext, StagePlan, StageResult
 from stages.harness.journal import Journal
-from stages.harness.policy import input_files, sample_solutions
+from stages.harness.policy import check_golds, input_files, sample_solutions
 from stages.harness.supervised import train_supervised
 from stages.revise_lib.data import dedupe, pair_row, read_solutions, solution_file, verified_row
 from stages.revise_lib.repair import (
@@ -165,7 +165,11 @@ def prepare(configs: StageConfigs, *, scorer_factory: Any = None) -> StagePlan:
     prm_path = resolve_prm(args, args.run_dir, scorer_factory)
     args.train_data = [s for s in args.train_data if s.lower() != "none"]
     args.solutions = [s for s in args.solutions if s.lower() != "none"]
-    problems = load_gold_problems(args.train_data, seed=cfg.seed, needed_by="revise") if args.train_data else []
+    problems: list[dict] = []
+    if args.train_data:
+        by_source = load_gold_problems(args.train_data, seed=cfg.seed, needed_by="revise")
+        check_golds(by_source)  # an unreadable gold is warned about here; its solutions are judged None
+        problems = [p for rows in by_source.values() for p in rows]
     sources, missing = solution_sources(args, args.run_dir)
     solutions: list[dict] = []
     skipped: dict[str, int] = {}
