@@ -1,7 +1,8 @@
 """The evaluation runner: a model on the recipe's eval sets, through lighteval, offline.
 
     python -m eval.gsm8k --model runs/tiny/sft [--task pot cot] [--limit N]
-        [--backend transformers|vllm] [--samples K] [--repair R] [--prm <checkpoint>]
+        [--backend transformers|vllm] [--samples K] [--prm <checkpoint>]
+        [--repair [--repair_rounds R] [--repair_sets SET ...]]
         [--eval_sets data/svamp.jsonl --question_field '{Body} {Question}' --answer_field Answer]
     accelerate launch -m eval.gsm8k --config recipes/tiny/eval.yaml --model runs/tiny/sft
 
@@ -18,8 +19,11 @@ are counted as ``unreadable_gold``)
   completions without a program / with an execution error (PoT);
 - with ``--samples K`` (K >= 2): unbiased pass@k (k = 1, 2, 4, ..., K) and maj@K over K sampled
   completions; with ``--prm <checkpoint>`` also PRM best-of-K and PRM-weighted maj@K;
-- with ``--repair R``: pass@1 after at most R repair rounds of the failed greedy PoT programs
-  (``stages.revise.repair``; see ``eval.hooks``).
+- with ``--repair``: pass@1 with repair: the revise stage's verify-then-revise loop
+  (``stages.revise_lib.repair``, at most ``--repair_rounds`` rounds) on the greedy PoT answers
+  that the verifier (the sandbox, and the PRM of ``--prm`` when given) flags, without the gold;
+  beside it what it fixed and broke, the extra tokens, and best-of-(1+R) by the same verifier at
+  the same token budget (``eval.repair``).
 
 Results go to ``<checkpoint>/eval/<key>/`` (see ``eval.results``): a complete evaluation of the
 same model, config and data is not run again.
@@ -70,9 +74,32 @@ class EvalArguments:
     cot_chat_template: bool | None = field(default=None, metadata={
         "help": "Wrap the CoT prompt in the chat template (default: when the tokenizer has one, as lighteval)."})
     batch_size: int = field(default=32, metadata={"help": "Generation batch size."})
-    repair: int = field(default=0, metadata={"help": "Repair rounds for failed greedy PoT programs (0: off)."})
-    repair_max_new_tokens: int = field(default=256, metadata={"help": "Generation budget of a repair round."})
-    prm: str | None = field(default=None, metadata={"help": "PRM checkpoint for PRM-weighted best-of-K."})
+    repair: bool = field(default=False, metadata={
+        "help": "pass@1 with repair: revise the greedy PoT answers the verifier flags (sandbox + --prm; no gold)."})
+    repair_rounds: int = field(default=3, metadata={"help": "Revision rounds at most."})
+    repair_sets: list[str] | None = field(default=None, metadata={
+        "help": "The eval sets to repair (default: every set)."})
+    repair_threshold: float | None = field(default=0.5, metadata={
+        "help": "A step the PRM scores under this is flagged (null: the PRM only ranks versions)."})
+    repair_prompt: str = field(default="feedback", metadata={
+        "help": "feedback (numbered steps, the flagged step and why) or prefill (the plain PoT prompt); the kept "
+                "steps are prefilled either way."})
+    repair_temperature: float = field(default=0.0, metadata={"help": "Temperature of revisions (0: greedy)."})
+    repair_candidates: int = field(default=1, metadata={"help": "Revisions sampled per round; the best is kept."})
+    repair_final: str = field(default="best", metadata={
+        "help": "The answer kept: best (the best-verified version), vote (the answer most of the loop's runs print), "
+                "last."})
+    repair_max_growth: float = field(default=0.5, metadata={
+        "help": "A revised program may grow to (1 + this) x the original's tokens (+16)."})
+    repair_max_new_tokens: int = field(default=256, metadata={"help": "Generation budget of a revision."})
+    repair_baseline: bool = field(default=True, metadata={
+        "help": "Also best-of-(1+R) by the verifier on the flagged answers, all R samples and at the same token "
+                "budget."})
+    repair_baseline_temperature: float = field(default=0.7, metadata={"help": "Temperature of those samples."})
+    prm: str | None = field(default=None, metadata={
+        "help": "PRM checkpoint: PRM-weighted best-of-K (with --samples) and the repair verifier (with --repair); "
+                "'@prm' is the prm stage of the evaluated checkpoint's run (left out, with a warning, when that run "
+                "has none)."})
     prm_aggregation: str = field(default="min", metadata={"help": "Step-score aggregation: min, product, last, mean."})
     seed: int = field(default=0, metadata={"help": "Sampling seed."})
     dtype: str = field(default="auto", metadata={"help": "Model dtype: auto, float32, bfloat16, float16."})
@@ -136,10 +163,11 @@ def validate(args: EvalArguments) -> None:
         problems.append(f"--backend must be one of {BACKENDS}, got {args.backend!r}")
     if args.samples < 1:
         problems.append(f"--samples must be >= 1, got {args.samples}")
-    if args.prm and args.samples < 2:
-        problems.append("--prm scores sampled completions: it needs --samples K with K >= 2")
-    if args.repair < 0:
-        problems.append(f"--repair must be >= 0, got {args.repair}")
+    if args.prm and args.samples < 2 and not args.repair:
+        problems.append("--prm scores sampled completions or verifies repairs: it needs --samples K with K >= 2, "
+                        "or --repair")
+    if args.repair:
+        problems += repair_problems(args)
     if args.repair and POT not in args.task:
         problems.append("--repair repairs PoT programs: it needs --task pot")
     if args.repair and args.backend != "transformers":
@@ -156,6 +184,30 @@ def validate(args: EvalArguments) -> None:
                         f"eval_sets has none: {args.eval_sets}")
     if problems:
         raise SystemExit("eval: " + "; ".join(problems))
+
+
+def repair_problems(args: EvalArguments) -> list[str]:
+    """What is wrong with ``--repair`` and its options (the loop's own checks included)."""
+    from eval.hooks import StageUnavailable, load_repair  # deferred: the revise library only with --repair
+
+    unknown = [s for s in args.repair_sets or [] if s not in args.eval_sets]
+    problems = [f"--repair_sets {unknown} are not among eval_sets {args.eval_sets}"] if unknown else []
+    try:
+        repair_options(args, load_repair()).check()
+    except StageUnavailable as e:
+        problems.append(str(e))
+    except ValueError as e:
+        problems.append(f"--repair: {e}")
+    return problems
+
+
+def repair_options(args: EvalArguments, loop: Any) -> Any:
+    """The loop's options (``loop.RepairOptions``) from the ``--repair_*`` flags."""
+    return loop.RepairOptions(rounds=args.repair_rounds, threshold=args.repair_threshold, prompt=args.repair_prompt,
+                              max_growth=args.repair_max_growth, max_new_tokens=args.repair_max_new_tokens,
+                              temperature=args.repair_temperature, candidates=args.repair_candidates,
+                              batch_size=args.batch_size, seed=args.seed, aggregation=args.prm_aggregation,
+                              final=args.repair_final)
 
 
 def semantic_config(args: EvalArguments) -> dict:
@@ -256,7 +308,7 @@ def detail_rows(spec: Any, details: list, tokenizer: Any, decoding: str) -> list
     return out
 
 
-def evaluate(args: EvalArguments, model: Any, tokenizer: Any, *, repair_fn: Any = None, prm: Any = None,
+def evaluate(args: EvalArguments, model: Any, tokenizer: Any, *, repair_loop: Any = None, prm: Any = None,
              llm: Any = None) -> tuple[dict, dict[str, list[dict]], list[dict]]:
     """Run every task; returns (metrics by set and mode, detail rows by file name, timings)."""
     from eval.metrics import JUDGE_SECONDS, POT  # noqa: PLC0415
@@ -278,8 +330,8 @@ def evaluate(args: EvalArguments, model: Any, tokenizer: Any, *, repair_fn: Any 
             per_problem = detail_rows(spec, details[spec.full_name], tokenizer, "greedy")
             greedy = [rows[0] for rows in per_problem]
             entry.update(greedy_summary(spec.mode, greedy))
-            if spec.mode == POT and args.repair:
-                entry.update(repair_step(args, model, tokenizer, greedy, repair_fn))
+            if spec.mode == POT and args.repair and spec.source in (args.repair_sets or args.eval_sets):
+                entry["repair"] = repair_step(args, model, tokenizer, greedy, repair_loop, prm)
             files.setdefault(name, []).extend(greedy)
         else:
             per_problem = detail_rows(spec, details[spec.full_name], tokenizer, "sample")
@@ -318,24 +370,17 @@ def prm_step(args: EvalArguments, prm: Any, per_problem: list[list[dict]]) -> li
     return out
 
 
-def repair_step(args: EvalArguments, model: Any, tokenizer: Any, greedy: list[dict], repair_fn: Any) -> dict:
-    """Repair the greedy PoT failures that a test-time signal shows (no program, or a program that
-    did not run to completion), re-score them, and report pass@1 after repair."""
-    from eval.hooks import repair_attempts, run_repair  # noqa: PLC0415
-    from rewards import score_pot  # noqa: PLC0415
+def repair_step(args: EvalArguments, model: Any, tokenizer: Any, greedy: list[dict], repair_loop: Any,
+                prm: Any) -> dict:
+    """pass@1 with repair on one set's greedy PoT rows (``eval.repair``): the verifier (the sandbox,
+    and the PRM when there is one) flags answers without the gold, the loop revises them, the gold
+    judges the finals; best-of-(1+R) by the same verifier for comparison."""
+    from eval.repair import repair_eval  # deferred: generation and the sandbox only with --repair
+    from stages.harness.policy import Policy  # deferred: loads the harness only with --repair
 
-    failed = [r for r in greedy if r["status"] != "ok"]
-    revised = run_repair(repair_fn, model, tokenizer, repair_attempts(failed), rounds=args.repair,
-                         max_new_tokens=args.repair_max_new_tokens, seed=args.seed)
-    scores = score_pot(revised, [r["answer"] for r in failed]) if failed else []
-    fixed = 0
-    for r, c, s in zip(failed, revised, scores, strict=True):
-        r["repair"] = {"completion": c, "executed_answer": s.answer, "correct": bool(s.correct), "status": s.status}
-        fixed += bool(s.correct)
-    n = len(greedy)
-    correct = sum(r["correct"] for r in greedy)
-    return {"repair": {"rounds": args.repair, "attempted": len(failed), "fixed": fixed,
-                       "pass@1": (correct + fixed) / n if n else 0.0}}
+    return repair_eval(Policy(model, tokenizer), greedy, repair_loop, repair_options(args, repair_loop), scorer=prm,
+                       baseline=args.repair_baseline, baseline_temperature=args.repair_baseline_temperature,
+                       progress=args.progress)
 
 
 def _mean(values) -> float:
@@ -384,7 +429,7 @@ def main(argv: list[str] | None = None) -> Path | None:
         raise SystemExit(f"eval: {e}") from e
 
     from eval import results as R  # noqa: PLC0415
-    from eval.hooks import StageUnavailable, load_prm, load_repair  # noqa: PLC0415
+    from eval.hooks import StageUnavailable, load_prm, load_repair, resolve_prm  # noqa: PLC0415
     from eval.tasks import gradable_problems, problems_of  # noqa: PLC0415
     from stages.common.checkpoint import now_iso, package_versions  # noqa: PLC0415
     from stages.harness.lifecycle import setup_logging  # noqa: PLC0415
@@ -409,10 +454,16 @@ def main(argv: list[str] | None = None) -> Path | None:
     if args.samples > 1:  # sampling seeds each rank differently: the process count changes the samples
         config["world_size"] = state.num_processes
     try:
-        repair_fn = load_repair() if args.repair else None
-        prm = load_prm(args.prm) if args.prm else None
+        repair_loop = load_repair() if args.repair else None
+        prm_path = resolve_prm(args.prm, identity) if args.prm else None
     except StageUnavailable as e:
         raise SystemExit(f"eval: {e}") from e
+    if prm_path is not None:  # '@prm' names different checkpoints over time: the key holds the one used
+        config["prm_checkpoint"] = {k: v for k, v in R.model_identity(prm_path).items() if k != "spec"}
+    if args.repair and prm_path is None:
+        log.warning("--repair without a PRM (%s): the verifier is the sandbox signal alone (answers whose program "
+                    "fails are revised; wrong answers of programs that run are not flagged)",
+                    "none given" if not args.prm else f"{args.prm} does not exist in this run")
 
     root = R.results_root(identity, args.output_dir)
     key = None
@@ -426,6 +477,7 @@ def main(argv: list[str] | None = None) -> Path | None:
 
     started, t0 = now_iso(), time.perf_counter()
     model, tokenizer = load_model(args, identity["path"])
+    prm = load_prm(prm_path) if prm_path is not None else None
     llm = None
     if args.backend == "vllm":
         from eval.model import load_vllm  # noqa: PLC0415
@@ -440,7 +492,7 @@ def main(argv: list[str] | None = None) -> Path | None:
                 print(f"[eval] already evaluated: {done}; skipping")
             return done
 
-    metrics, files, timings = evaluate(args, model, tokenizer, repair_fn=repair_fn, prm=prm, llm=llm)
+    metrics, files, timings = evaluate(args, model, tokenizer, repair_loop=repair_loop, prm=prm, llm=llm)
     if not state.is_main_process:
         return None
     results = {"format": R.FORMAT_VERSION, "key": key, "model": identity, "config": config, "data": data,
@@ -463,11 +515,13 @@ def print_summary(metrics: dict) -> None:
             for k, v in (m.get("sampled") or {}).items():
                 if k.startswith(("pass@", "maj@", "prm_")):
                     line += f"  {k}={v:.3f}"
-            if "repair" in m:
-                line += f"  pass@1_repair={m['repair']['pass@1']:.3f}"
             if m.get("unreadable_gold"):
                 line += f"  (left out: {m['unreadable_gold']} unreadable gold answers)"
             print(line)
+            if "repair" in m:
+                from eval.repair import summary_line  # deferred: only when repair ran
+
+                print(f"[eval] {source:<20} {mode}  {summary_line(m['repair'])}")
 
 
 if __name__ == "__main__":

@@ -518,6 +518,8 @@ def build(run_dir: Path) -> tuple[Path, Path]:
                                                            assets / "prm.png")), prm,
                      "no PRM checkpoint in this run"))
     sections.append(evolve_section(ckpts, assets))
+    sections.append(("Pass@1 with repair", [], repair_rows(ckpts),
+                     "no evaluation with repair (python -m eval.gsm8k --model <checkpoint> --repair --prm <prm>)"))
     sections.append(("Checkpoint lineage", img("lineage.png", plot_lineage(lin, assets / "lineage.png")), lin,
                      "no complete checkpoint in this run"))
 
@@ -571,6 +573,30 @@ def tracking_section(ckpts: list[Checkpoint], run_dir: Path) -> tuple[str, list[
     md = [f"## {title}", "", f"`{command}`", ""] + [f"- {label}: [{where}]({where}/) ({n} event file(s))"
                                                    for label, where, n in found] + [""]
     return f"<h2>{title}</h2><p><code>{html.escape(command)}</code></p><ul>{items}</ul>", md
+def repair_rows(ckpts: list[Checkpoint]) -> list[dict]:
+    """pass@1 with repair per checkpoint and eval set (``eval.gsm8k --repair``; newest evaluation
+    wins): plain pass@1 beside pass@1 with repair, what the loop attempted, fixed and broke, its
+    extra tokens per problem, and best-of-(1+R) by the same verifier (all R samples, and at the
+    repair's token budget) for comparison."""
+    rows = []
+    for c in ckpts:
+        seen: dict[str, dict] = {}
+        for r in c.evals:
+            for source, modes in (r.get("sets") or {}).items():
+                m = (modes.get("pot") or {}).get("repair")
+                if not isinstance(m, dict) or "attempted" not in m:
+                    continue
+                row = {"checkpoint": c.label, "set": source, "verifier": m.get("verifier"),
+                       "rounds": m.get("rounds"), "pass@1": m.get("pass@1_before"), "pass@1 repair": m.get("pass@1"),
+                       "attempted": m.get("attempted"), "fixed": m.get("fixed"), "broken": m.get("broken"),
+                       "extra tokens/problem": m.get("extra_tokens_per_problem")}
+                for name, label in (("best_of", "best-of-(1+R)"), ("best_of_same_budget", "best-of same budget")):
+                    if isinstance(m.get(name), dict):
+                        row[label] = m[name].get("pass@1")
+                        row[f"{label} tokens"] = m[name].get("extra_tokens_per_problem")
+                seen[source] = row
+        rows.extend(seen.values())
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

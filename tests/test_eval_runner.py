@@ -1,13 +1,13 @@
 """End to end: the runner evaluates the tiny model through lighteval, offline; its greedy PoT
 agrees with stages.common.generation.evaluate_pot; results are keyed by the weights; the repair
-and PRM hooks call the interfaces eval documents and fail clearly when their stages are absent."""
+loop and the PRM hook are called through the interfaces eval documents and fail clearly when
+their stages are absent."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -124,13 +124,17 @@ def test_a_benchmark_with_other_field_names(base: Path, tmp_path: Path):
 
 
 def test_repair_and_prm_fail_clearly_before_generating(base: Path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "stages.revise_lib", None)  # import fails like a missing module
-    with pytest.raises(SystemExit, match=r"--repair needs the revise stage.*stages\.revise_lib\.repair\.repair\(model"):
-        runner.main(["--model", str(base), "--eval_sets", "arith:test:3", "--repair", "2"])
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "stages.revise_lib", None)  # import fails like a missing module
+        with pytest.raises(SystemExit, match=r"--repair needs the revise stage's library.*"
+                                             r"stages\.revise_lib\.repair\.repair\(policy, items, options"):
+            runner.main(["--model", str(base), "--eval_sets", "arith:test:3", "--repair"])
     # a policy checkpoint given as the PRM: refused before any model loads, naming the missing file
     with pytest.raises(SystemExit, match=r"--prm .*is not a PRM checkpoint: .*prm_config\.json is missing"):
         runner.main(["--model", str(base), "--eval_sets", "arith:test:3", "--samples", "2", "--prm", str(base)])
-    with pytest.raises(SystemExit, match="needs --samples K with K >= 2"):
+    with pytest.raises(SystemExit, match=r"--prm .*is not a PRM checkpoint"):
+        runner.main(["--model", str(base), "--eval_sets", "arith:test:3", "--repair", "--prm", str(base)])
+    with pytest.raises(SystemExit, match="needs --samples K with K >= 2, or --repair"):
         runner.main(["--model", str(base), "--eval_sets", "arith:test:3", "--prm", str(base)])
     with pytest.raises(SystemExit, match="--task must be among"):
         runner.main(["--model", str(base), "--task", "tot"])
@@ -141,50 +145,62 @@ def test_repair_and_prm_fail_clearly_before_generating(base: Path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_repair_and_prm_hooks_are_called_with_the_documented_interfaces(base: Path, monkeypatch):
-    """Stand-ins for the revise and PRM stages (not written yet) check what eval passes and
-    returns: repair gets failed attempts with sandbox feedback and no gold; the PRM scores
-    (problem, solution) pairs and its step scores drive best-of-k."""
-    from stages.common.pot import format_completion
+def test_repair_runs_the_revise_loop_with_the_prm_hook(base: Path, monkeypatch):
+    """eval --repair on the tiny model: the revise loop (stages.revise_lib.repair) revises the greedy
+    answers the verifier flags, the PRM of --prm (a stand-in with the scorer's interface) scores
+    steps for the loop and for best-of-K, and the results report repair beside plain pass@1."""
+    import stages.prm_lib.scorer as scorer_module
 
-    problems = problems_of("arith:test:500")[:3]
-    reference = {p["question"]: format_completion(p["program"]) for p in problems}
     seen: dict = {}
 
-    def repair(model, tokenizer, attempts, *, rounds, max_new_tokens, seed):
-        seen["repair"] = {"attempts": attempts, "rounds": rounds, "max_new_tokens": max_new_tokens}
-        return [reference[a["question"]] for a in attempts]
-
     class PRMScorer:
+        @classmethod
+        def check(cls, checkpoint):
+            return Path(checkpoint)
+
         def __init__(self, checkpoint):
             seen["prm_checkpoint"] = checkpoint
 
-        @classmethod
-        def check(cls, checkpoint):
-            return checkpoint
+        def score_steps(self, problems, steps):
+            seen.setdefault("step_calls", []).append(len(steps))
+            return [[0.9] * len(s) for s in steps]
 
         def score(self, problems, solutions):
             seen.setdefault("prm_calls", []).append(len(solutions))
             return [[0.9, 0.8] if "print" in s else [0.1] for s in solutions]
 
-    monkeypatch.setitem(sys.modules, "stages.revise_lib", types.SimpleNamespace())
-    monkeypatch.setitem(sys.modules, "stages.revise_lib.repair", types.SimpleNamespace(repair=repair))
-    monkeypatch.setitem(sys.modules, "stages.prm_lib.scorer", types.SimpleNamespace(PRMScorer=PRMScorer))
+    monkeypatch.setattr(scorer_module, "PRMScorer", PRMScorer)
+    prm_dir = base.parent.parent / "my-prm"
+    prm_dir.mkdir(exist_ok=True)
+    (prm_dir / "config.json").write_text("{}")  # its identity (the eval key) hashes its files
     folder = runner.main(["--model", str(base), "--eval_sets", "arith:test:500", "--limit", "3", "--task", "pot",
-                          "--samples", "2", "--repair", "2", "--repair_max_new_tokens", "16", "--prm", "my-prm",
-                          *TINY_ARGS])
-    res = _results(folder)["sets"]["arith:test:500"]["pot"]
-    attempts = seen["repair"]["attempts"]
-    # the untrained model writes no program: every greedy attempt fails and is handed to repair
-    assert len(attempts) == 3 and seen["repair"]["rounds"] == 2 and seen["repair"]["max_new_tokens"] == 16
-    assert set(attempts[0]) == {"id", "question", "completion", "status", "error_type", "stderr"}
-    assert all(a["status"] != "ok" and a["stderr"] for a in attempts)
-    assert res["repair"] == {"rounds": 2, "attempted": 3, "fixed": 3, "pass@1": 1.0}
-    assert seen["prm_checkpoint"] == "my-prm" and seen["prm_calls"] == [6]
-    assert {"prm_best_of_2", "prm_weighted_maj@2"} <= set(res["sampled"])
+                          "--samples", "2", "--repair", "--repair_rounds", "2", "--repair_max_new_tokens", "16",
+                          "--prm", str(prm_dir), *TINY_ARGS])
+    res = _results(folder)
+    m = res["sets"]["arith:test:500"]["pot"]
+    rep = m["repair"]
+    # the untrained model writes no program: every greedy answer is flagged and revised
+    assert rep["verifier"] == "prm+sandbox" and rep["rounds"] == 2 and rep["attempted"] == 3
+    assert rep["pass@1_before"] == m["pass@1"] and 0.0 <= rep["pass@1"] <= 1.0
+    assert rep["flag_kinds"] == {"no_program": 3} and rep["extra_tokens_per_problem"] > 0
+    assert rep["best_of"]["n"] == 3 and "pass@1" in rep["best_of_same_budget"]
+    assert res["config"]["prm_checkpoint"]["path"] == str(prm_dir.resolve())
+    assert seen["prm_checkpoint"] == str(prm_dir) and seen["prm_calls"] == [6]
+    assert {"prm_best_of_2", "prm_weighted_maj@2"} <= set(m["sampled"])
     rows = _rows(folder / "details" / "pot_arith_test_500.jsonl")
+    greedy = [r for r in rows if r["decoding"] == "greedy"]
+    assert all(r["repair"]["attempted"] and r["repair"]["rounds"] for r in greedy)
+    assert all(r["repair"]["rounds"][0]["flag"]["kind"] == "no_program" for r in greedy)
     assert all("prm_score" in r for r in rows if r["decoding"] == "sample")
-    assert all(r["repair"]["correct"] for r in rows if r["decoding"] == "greedy")
+
+    # '@prm' in a run without a prm stage: the sandbox signal alone, said in the results
+    folder = runner.main(["--model", str(base), "--eval_sets", "arith:test:500", "--limit", "3", "--task", "pot",
+                          "--repair", "--repair_rounds", "1", "--repair_max_new_tokens", "16",
+                          "--repair_baseline", "false", "--prm", "@prm", *TINY_ARGS])
+    res = _results(folder)
+    rep = res["sets"]["arith:test:500"]["pot"]["repair"]
+    assert rep["verifier"] == "sandbox" and rep["threshold"] is None and "best_of" not in rep
+    assert "prm_checkpoint" not in res["config"]
 
 
 @pytest.mark.slow

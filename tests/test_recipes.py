@@ -18,6 +18,7 @@ def _types(stage: str):
     from eval.gsm8k import EvalArguments
     from stages.evolve_lib.stage import EvolveArguments
     from stages.prm_lib.stage import PRMStageArguments
+    from stages.revise_lib.stage import ReviseArguments
     from stages.rl_lib.stage import RLStageArguments
     from stages.sft import SFTStageArguments
     from stages.synth_lib.synthesize import SynthArguments
@@ -26,14 +27,15 @@ def _types(stage: str):
             "prm": (PRMStageArguments, TrainingArguments, ModelConfig),
             "grpo": (RLStageArguments, GRPOConfig, ModelConfig),
             "length_rl": (RLStageArguments, GRPOConfig, ModelConfig), "eval": (EvalArguments,),
-            "evolve": (EvolveArguments, SFTConfig, ModelConfig)}[stage]
+            "evolve": (EvolveArguments, SFTConfig, ModelConfig),
+            "revise": (ReviseArguments, SFTConfig, ModelConfig)}[stage]
 
 
 def _parse(path: Path):
     from stages.common.config import parse_config
 
     extra = ["--bf16", "false"] if path.stem not in ("synth", "eval") else []
-    if path.stem in ("sft", "prm", "grpo", "length_rl", "evolve"):
+    if path.stem in ("sft", "prm", "grpo", "length_rl", "evolve", "revise"):
         extra += ["--use_cpu", "true"]
     return parse_config(_types(path.stem), ["--config", str(REPO / path), *extra])
 

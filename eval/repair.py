@@ -1,0 +1,153 @@
+"""pass@1 with repair: the revise stage's loop (``stages.revise_lib.repair``) on the greedy PoT
+answers that the verifier flags, without the gold, and, for comparison, best-of-(1+R) by the same
+verifier on the same flagged answers (is revising better than sampling again?).
+
+    eval = repair_eval(policy, greedy_rows, loop, options, scorer=prm, baseline_temperature=0.7)
+
+``greedy_rows`` are eval's greedy PoT rows (``id``, ``question``, ``answer``, ``completion``,
+``correct``). The loop decides which answers to revise (a sandbox failure, a step under the PRM
+threshold) and never sees the gold; the gold judges the final answers afterwards. The
+comparison samples R fresh solutions (the plain PoT prompt) for every flagged answer and keeps
+the best by the verifier (passes, runs, PRM score), once with all R samples and once with only the
+samples that fit in the tokens the repair spent on that problem (the same token budget).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from rewards import score_pot
+from stages.common.generation import chat_prompts, generate
+from stages.common.stats import wilson_interval
+
+log = logging.getLogger("mathforge.eval")
+
+
+def _rate(k: int, n: int) -> float:
+    return k / n if n else 0.0
+
+
+def outcome(before: Sequence[bool], after: Sequence[bool], extra_tokens: Sequence[int]) -> dict[str, Any]:
+    """pass@1 after a method that replaces some answers, what it fixed and broke, and its cost."""
+    n = len(before)
+    right = sum(after)
+    lo, hi = wilson_interval(right, n)
+    fixed = sum(not b and a for b, a in zip(before, after, strict=True))
+    broken = sum(b and not a for b, a in zip(before, after, strict=True))
+    return {"pass@1": _rate(right, n), "pass@1_ci95": [lo, hi], "delta": _rate(right - sum(before), n),
+            "fixed": fixed, "broken": broken, "fix_rate": _rate(fixed, n - sum(before)),
+            "break_rate": _rate(broken, sum(before)),
+            "extra_tokens_per_problem": _rate(sum(extra_tokens), n)}
+
+
+def repair_eval(policy: Any, rows: list[dict], loop: Any, options: Any, *, scorer: Any = None,
+                baseline: bool = True, baseline_temperature: float = 0.7, progress: bool = False) -> dict[str, Any]:
+    """Run the repair loop on ``rows`` (adding each row's ``repair`` record) and return the
+    metrics: plain pass@1 beside pass@1 with repair, attempted / fixed / broken, extra tokens per
+    problem, stop reasons, and best-of-(1+R) by the verifier (all R samples, and at the repair's
+    token budget). ``loop`` is the ``stages.revise_lib.repair`` module."""
+    t0 = time.perf_counter()
+    items = [{"id": r["id"], "question": r["question"], "completion": r["completion"]} for r in rows]
+    records = loop.repair(policy, items, options, scorer=scorer, progress=progress)
+    scores = score_pot([rec["final"] for rec in records], [r["answer"] for r in rows]) if rows else []
+    before = [r["correct"] is True for r in rows]
+    after = [s.correct is True for s in scores]
+    for r, rec, s in zip(rows, records, scores, strict=True):
+        r["repair"] = {"attempted": rec["attempted"], "flag": rec["flag"], "stop": rec["stop"],
+                       "rounds": rec["rounds"] if rec["attempted"] else [], "final_version": rec["final_version"],
+                       "completion": rec["final"], "executed_answer": s.answer, "correct": s.correct is True,
+                       "status": s.status, "extra_tokens": rec["extra_tokens"]}
+    entries = [e for rec in records for e in rec["rounds"]]
+    attempted = [rec["attempted"] for rec in records]
+    metrics: dict[str, Any] = {
+        "rounds": options.rounds, "verifier": "prm+sandbox" if scorer is not None else "sandbox",
+        "threshold": options.threshold if scorer is not None else None, "prompt": options.prompt,
+        "n": len(rows), "pass@1_before": _rate(sum(before), len(rows)),
+        "attempted": sum(attempted),
+        "attempted_right": sum(a and b for a, b in zip(attempted, before, strict=True)),
+        "attempted_wrong": sum(a and not b for a, b in zip(attempted, before, strict=True)),
+        "wrong_not_flagged": sum(not a and not b for a, b in zip(attempted, before, strict=True)),
+        **outcome(before, after, [rec["extra_tokens"] for rec in records]),
+        "stops": dict(Counter(rec["stop"] for rec in records if rec["attempted"])),
+        "flag_kinds": dict(Counter(rec["flag"]["kind"] for rec in records if rec["flag"])),
+        "revisions": len(entries), "outcomes": dict(Counter(e["outcome"] for e in entries)),
+        "syntax_errors": sum(e.get("error_type") in ("SyntaxError", "IndentationError") for e in entries),
+        "timeouts": sum(e["status"] == "timeout" for e in entries),
+        "wall_s": round(time.perf_counter() - t0, 3)}
+    if baseline:
+        t1 = time.perf_counter()
+        metrics.update(best_of(policy, rows, records, before, loop, options, scorer=scorer,
+                               temperature=baseline_temperature, progress=progress))
+        metrics["best_of_wall_s"] = round(time.perf_counter() - t1, 3)
+    return metrics
+
+
+def best_of(policy: Any, rows: list[dict], records: list[dict], before: list[bool], loop: Any, options: Any, *,
+            scorer: Any, temperature: float, progress: bool = False) -> dict[str, Any]:
+    """Best-of-(1+R) by the verifier on the answers the loop attempted: R fresh samples each (the
+    plain PoT prompt), the greedy answer kept unless a sample ranks higher; and the same with only
+    the samples whose tokens fit in what the repair spent on that problem."""
+    rounds = options.rounds
+    flagged = [i for i, rec in enumerate(records) if rec["attempted"]]
+    tokenizer = policy.tokenizer
+    samples: list[list[str]] = []
+    if flagged:
+        samples = generate(policy.model, tokenizer, chat_prompts(tokenizer, [rows[i]["question"] for i in flagged]),
+                           max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
+                           num_return_sequences=rounds, temperature=temperature, top_p=options.top_p,
+                           seed=options.seed + 1, progress=progress)
+    verifier = loop.Verifier(tokenizer, scorer, aggregation=options.aggregation)
+    flat = [(j, text) for j, texts in enumerate(samples) for text in texts]
+    checked = verifier.verify([rows[flagged[j]]["question"] for j, _ in flat], [t for _, t in flat])
+    lengths = loop.token_counts(tokenizer, [t for _, t in flat])
+    greedy = verifier.verify([rows[i]["question"] for i in flagged], [rows[i]["completion"] for i in flagged])
+    per: dict[int, list[tuple[str, Any, int]]] = {}
+    for (j, text), v, n in zip(flat, checked, lengths, strict=True):
+        per.setdefault(j, []).append((text, v, n))
+    choice_all = {i: rows[i]["completion"] for i in range(len(rows))}
+    choice_budget = dict(choice_all)
+    spent_all = [0] * len(rows)
+    spent_budget = [0] * len(rows)
+    for j, i in enumerate(flagged):
+        ranked = [(rows[i]["completion"], greedy[j], 0)] + per.get(j, [])
+        budget = records[i]["extra_tokens"]
+        fit, used = [ranked[0]], 0
+        for cand in ranked[1:]:
+            if used + cand[2] > budget:
+                break
+            used += cand[2]
+            fit.append(cand)
+        choice_all[i] = _best(ranked, loop, options)
+        choice_budget[i] = _best(fit, loop, options)
+        spent_all[i], spent_budget[i] = sum(c[2] for c in ranked), used
+    golds = [r["answer"] for r in rows]
+    all_ok = [s.correct is True for s in score_pot([choice_all[i] for i in range(len(rows))], golds)]
+    budget_ok = [s.correct is True for s in score_pot([choice_budget[i] for i in range(len(rows))], golds)]
+    for i in flagged:
+        rows[i]["repair"]["best_of_correct"] = all_ok[i]
+        rows[i]["repair"]["best_of_same_budget_correct"] = budget_ok[i]
+    return {"best_of": {"n": 1 + rounds, "temperature": temperature, **outcome(before, all_ok, spent_all)},
+            "best_of_same_budget": {"temperature": temperature, **outcome(before, budget_ok, spent_budget)}}
+
+
+def _best(candidates: list[tuple[str, Any, int]], loop: Any, options: Any) -> str:
+    """The candidate the verifier ranks highest (the earliest among equals: the greedy answer)."""
+    ranks = [loop.version_rank(v, loop.flag_step(v, options.threshold)) for _, v, _ in candidates]
+    best = max(range(len(candidates)), key=lambda k: (ranks[k], -k))
+    return candidates[best][0]
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    """One line for the console: pass@1 before -> with repair, fixed/broken, and the comparison."""
+    line = (f"pass@1_repair={m['pass@1']:.3f} (from {m['pass@1_before']:.3f}; {m['verifier']}"
+            f"{'' if m['verifier'] != 'sandbox' else ' signal only, no PRM'}; attempted {m['attempted']}, "
+            f"fixed {m['fixed']}, broke {m['broken']}, +{m['extra_tokens_per_problem']:.1f} tokens/problem)")
+    if "best_of" in m:
+        b, s = m["best_of"], m["best_of_same_budget"]
+        line += (f"  best_of_{b['n']}={b['pass@1']:.3f} (+{b['extra_tokens_per_problem']:.1f} tokens)"
+                 f"  same_budget={s['pass@1']:.3f} (+{s['extra_tokens_per_problem']:.1f})")
+    return line

@@ -1,0 +1,141 @@
+"""eval's pass@1 with repair (eval/repair.py) without a model: what the loop attempted, fixed and
+broke, judged by the gold only afterwards; best-of-(1+R) by the same verifier, all samples and at
+the repair's token budget; the run report's repair table; the --repair options refused before
+anything loads. Generation is scripted; the sandbox is real."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from eval import repair as eval_repair
+from stages.common.pot import format_completion
+from stages.revise_lib import repair as loop
+from stages.revise_lib.repair import RepairOptions
+
+
+class WordTokenizer:
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + "<assistant>\n"
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [t.split() for t in texts]}
+
+
+class StepScorer:
+    def score_steps(self, questions, steps):
+        return [[0.1 if "BAD" in s else 0.9 for s in st] for st in steps]
+
+
+QUESTIONS = {"right": "Q right", "fixable": "Q fixable", "fragile": "Q fragile", "silent": "Q silent"}
+GREEDY = {
+    "right": ("a = 2\nprint(a * 3)", "6", True),
+    "fixable": ("a = 6\nb = 0\nc = a / b\nprint(c)", "3", False),       # raises: the sandbox flags it
+    "fragile": ("a = 4  # BAD\nprint(a + 1)", "5", True),             # right, but the PRM flags step 1
+    "silent": ("a = 4\nprint(a + 2)", "7", False),                    # wrong, and nothing flags it
+}
+REVISIONS = {"fixable": "c = a / 2\nprint(c)\n```", "fragile": "a = 9\nprint(a + 1)\n```"}
+SAMPLES = {"fixable": ["```python\nprint(3)\n```", "```python\nx = 1\ny = 2\nz = 3\nw = 4\nprint(3 * x)\n```"],
+           "fragile": ["```python\nprint(5)  # BAD\n```", "```python\nprint(7)  # BAD\n```"]}
+
+
+def _rows():
+    return [{"id": k, "question": QUESTIONS[k], "answer": gold, "completion": format_completion(code),
+             "correct": correct} for k, (code, gold, correct) in GREEDY.items()]
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    by_question = {q: k for k, q in QUESTIONS.items()}
+
+    def key_of(prompt):
+        return next(k for q, k in by_question.items() if q in prompt)
+
+    def revise(model, tokenizer, prompts, *, num_return_sequences=1, **kw):
+        return [[REVISIONS[key_of(p)]] * num_return_sequences for p in prompts]
+
+    def sample(model, tokenizer, prompts, *, num_return_sequences=1, **kw):
+        return [SAMPLES[key_of(p)][:num_return_sequences] for p in prompts]
+
+    monkeypatch.setattr(loop, "generate", revise)
+    monkeypatch.setattr(eval_repair, "generate", sample)
+    monkeypatch.setattr(eval_repair, "chat_prompts", lambda tok, questions: list(questions))
+
+
+def test_repair_eval_counts_fixes_and_breaks_judged_by_the_gold_afterwards(scripted, monkeypatch):
+    seen = []
+    real = loop.repair
+    monkeypatch.setattr(loop, "repair", lambda policy, items, *a, **k: seen.extend(items) or real(policy, items, *a,
+                                                                                                   **k))
+    rows = _rows()
+    policy = SimpleNamespace(model=None, tokenizer=WordTokenizer())
+    m = eval_repair.repair_eval(policy, rows, loop, RepairOptions(rounds=2, threshold=0.5), scorer=StepScorer())
+    assert all(set(item) == {"id", "question", "completion"} for item in seen)  # no gold reaches the loop
+    assert m["verifier"] == "prm+sandbox" and m["n"] == 4 and m["pass@1_before"] == 0.5
+    assert (m["attempted"], m["attempted_right"], m["attempted_wrong"], m["wrong_not_flagged"]) == (2, 1, 1, 1)
+    assert (m["fixed"], m["broken"], m["pass@1"], m["delta"]) == (1, 1, 0.5, 0.0)
+    assert m["fix_rate"] == 0.5 and m["break_rate"] == 0.5
+    # words of the two revisions (7 each) over four problems
+    assert m["extra_tokens_per_problem"] == pytest.approx(14 / 4)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["fixable"]["repair"]["correct"] and by_id["fixable"]["repair"]["stop"] == "verified"
+    assert not by_id["fragile"]["repair"]["correct"] and by_id["fragile"]["repair"]["flag"]["kind"] == "low_score"
+    assert by_id["right"]["repair"] == {**by_id["right"]["repair"], "attempted": False, "rounds": []}
+    # best-of-(1+2): 'fixable' takes its first sample (it runs); 'fragile' keeps its greedy answer (the
+    # samples rank no higher); at the repair's budget (7 words each) 3 + 5 words of samples fit
+    assert m["best_of"]["n"] == 3 and (m["best_of"]["fixed"], m["best_of"]["broken"]) == (1, 0)
+    assert m["best_of"]["extra_tokens_per_problem"] == pytest.approx((3 + 17 + 5 + 5) / 4)
+    assert m["best_of_same_budget"]["fixed"] == 1
+    assert m["best_of_same_budget"]["extra_tokens_per_problem"] == pytest.approx((3 + 5) / 4)
+    assert by_id["fixable"]["repair"]["best_of_same_budget_correct"] is True
+    line = eval_repair.summary_line(m)
+    assert "pass@1_repair=0.500 (from 0.500; prm+sandbox" in line and "fixed 1, broke 1" in line
+
+
+def test_repair_eval_without_a_prm_uses_the_sandbox_signal_alone(scripted):
+    rows = _rows()
+    m = eval_repair.repair_eval(SimpleNamespace(model=None, tokenizer=WordTokenizer()), rows, loop,
+                                RepairOptions(rounds=2, threshold=0.5), scorer=None, baseline=False)
+    # only the program that raised is revised; the PRM's flag on 'fragile' does not exist here
+    assert m["verifier"] == "sandbox" and m["threshold"] is None and m["attempted"] == 1
+    assert (m["fixed"], m["broken"], m["pass@1"]) == (1, 0, 0.75) and "best_of" not in m
+    assert "sandbox signal only, no PRM" in eval_repair.summary_line(m)
+
+
+def test_outcome_counts():
+    out = eval_repair.outcome([True, True, False, False], [True, False, True, True], [0, 4, 8, 0])
+    assert (out["fixed"], out["broken"], out["pass@1"], out["delta"]) == (2, 1, 0.75, 0.25)
+    assert out["break_rate"] == 0.5 and out["fix_rate"] == 1.0 and out["extra_tokens_per_problem"] == 3.0
+
+
+def test_report_shows_repair_beside_plain_pass_at_1(tmp_path: Path):
+    from eval.report import Checkpoint, repair_rows
+
+    m = {"attempted": 5, "fixed": 3, "broken": 0, "pass@1": 0.7, "pass@1_before": 0.6, "rounds": 3,
+         "verifier": "prm+sandbox", "extra_tokens_per_problem": 4.0,
+         "best_of": {"pass@1": 0.65, "extra_tokens_per_problem": 30.0},
+         "best_of_same_budget": {"pass@1": 0.61, "extra_tokens_per_problem": 3.5}}
+    evals = [{"sets": {"arith:hard": {"pot": {"pass@1": 0.6, "repair": m}}, "arith:test": {"pot": {"pass@1": 0.9}}}}]
+    ckpt = Checkpoint(tmp_path, {"stage": "revise", "version": 1}, evals=evals)
+    (row,) = repair_rows([ckpt])
+    assert row["checkpoint"] == "revise/v1" and row["set"] == "arith:hard"
+    assert (row["pass@1"], row["pass@1 repair"], row["fixed"], row["broken"]) == (0.6, 0.7, 3, 0)
+    assert row["best-of-(1+R)"] == 0.65 and row["best-of same budget tokens"] == 3.5
+    json.dumps(row)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--prm", "x"], "needs --samples K with K >= 2, or --repair"),
+    (["--repair", "--repair_sets", "gsm8k:test"], "--repair_sets ['gsm8k:test'] are not among eval_sets"),
+    (["--repair", "--repair_prompt", "chat"], "--repair: prompt must be one of"),
+    (["--repair", "--repair_rounds", "0"], "rounds must be >= 1"),
+    (["--repair", "--task", "cot"], "--repair repairs PoT programs"),
+])
+def test_bad_repair_options_are_refused_before_loading(argv, message):
+    from eval.gsm8k import parse_args
+
+    with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_args(["--model", "m", "--eval_sets", "arith:test:3", *argv])
