@@ -215,13 +215,16 @@ def resolve_parent(spec: str) -> Parent:
     raise CheckpointError(f"parent '{spec}' does not exist (not a local folder, and not a hub id like org/name)")
 
 
-def resolve_policy(spec: str, run_dir: str | Path) -> str:
+def resolve_policy(spec: str, run_dir: str | Path, stage: str | None = None) -> str:
     """``@latest_policy``: the newest complete policy checkpoint of this run (dpo, revise, evolve,
-    grpo, sft, in that order of preference); any other spec is returned as it is."""
+    grpo, sft, in that order of preference); any other spec is returned as it is. For a stage of
+    that list (``stage``), only the stages before it count: a rerun of dpo must not take its own
+    checkpoint (or a later stage's) as its parent."""
     if spec != LATEST_POLICY:
         return spec
-    for stage in POLICY_STAGES:
-        folder = Path(run_dir) / stage
+    candidates = POLICY_STAGES[POLICY_STAGES.index(stage) + 1:] if stage in POLICY_STAGES else POLICY_STAGES
+    for name in candidates:
+        folder = Path(run_dir) / name
         if not folder.is_dir():
             continue
         try:
@@ -231,7 +234,7 @@ def resolve_policy(spec: str, run_dir: str | Path) -> str:
         if (Path(parent.path) / "config.json").exists() or (Path(parent.path) / "adapter_config.json").exists():
             return str(folder)
     raise CheckpointError(f"{LATEST_POLICY}: run '{run_dir}' has no complete policy checkpoint (looked for "
-                          f"{', '.join(POLICY_STAGES)})")
+                          f"{', '.join(candidates)})")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -263,14 +263,14 @@ class StageContext:
 # The lifecycle
 
 
-def _prepare_policy_stage(configs: StageConfigs) -> dict[str, list[dict]]:
+def _prepare_policy_stage(configs: StageConfigs, stage: str) -> dict[str, list[dict]]:
     """What every policy-training stage checks before its own ``prepare``: a parent model, the
     run references in its data options, and its eval sets (read and validated now)."""
     args, model_args = configs.args, configs.model
     if not model_args.model_name_or_path:
         raise ConfigError("model_name_or_path is required (@latest_policy, @<stage>, a checkpoint, a folder, a hub "
                           "id or 'tiny')")
-    model_args.model_name_or_path = resolve_policy(model_args.model_name_or_path, args.run_dir)
+    model_args.model_name_or_path = resolve_policy(model_args.model_name_or_path, args.run_dir, stage)
     args.train_data = [stage_ref(s, args.run_dir) for s in args.train_data]
     args.eval_data = [stage_ref(s, args.run_dir) for s in args.eval_data if s.lower() != "none"]
     seed = getattr(configs.training, "seed", 0)
@@ -282,7 +282,7 @@ def run_stage(stage: Stage, argv: list[str] | None = None) -> Path | None:
     configs = StageConfigs.of(parse_config(stage.config_types, argv, prog=f"stages.{stage.name}"))
     setup_logging()
     trains_policy = isinstance(configs.args, PolicyTrainingArguments)
-    eval_sets = _prepare_policy_stage(configs) if trains_policy else {}
+    eval_sets = _prepare_policy_stage(configs, stage.name) if trains_policy else {}
     plan = stage.prepare(configs)
     if trains_policy:
         plan.inputs = list(dict.fromkeys([*plan.inputs, *input_files(configs.args.eval_data)]))
