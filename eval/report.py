@@ -13,6 +13,8 @@ results (``<checkpoint>/eval/*/results.json``, see ``eval.results``) and trainer
 - training curves (loss, reward terms, KL, completion length) from each trainer log;
 - data yields (rows of every data artifact, and the yield figures a stage reports);
 - PRM metrics (the numbers a ``prm`` checkpoint reports in [0, 1]);
+- DPO: TRL's reward margins and accuracies over the steps of each ``dpo`` checkpoint, and its pairs
+  per kind;
 - the checkpoint lineage (stage, version, parent, config hash, times).
 
 The HTML marks an image that failed to load (``img.broken``) and records every image's

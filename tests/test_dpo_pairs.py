@@ -235,3 +235,23 @@ def test_latest_policy_of_a_stage_is_a_stage_before_it(tmp_path):
     assert resolve_policy("@latest_policy", run, "revise") == str(run / "grpo")
     with pytest.raises(CheckpointError, match="no complete policy checkpoint"):
         resolve_policy("@latest_policy", run, "sft")
+
+
+def test_sources_read_a_checkpoint_s_pairs_and_solutions(tmp_path):
+    from stages.common.checkpoint import checkpoint_key, open_stage
+
+    run = tmp_path / "run"
+    ckpt = open_stage(run, "evolve", checkpoint_key(config={}, parent=None, inputs=[], seed=0))
+    row = {k: v for k, v in solution("p1", VERBOSE).items() if k != "pair_source"}
+    _write(ckpt.partial_dir / "verified.jsonl", [row])
+    _write(ckpt.partial_dir / "discarded.jsonl", [{**row, "correct": False, "reason": "wrong"}])
+    _write(ckpt.partial_dir / "pairs.jsonl", [{"question": "q", "chosen": "a", "rejected": "b"}])
+    ckpt.finalize(metrics={})
+    data = read_sources([str(run / "evolve")], run)
+    assert [s["correct"] for s in data.solutions] == [True, False]
+    assert data.pairs[0]["kind"] == "revised"  # a checkpoint's pairs.jsonl: revise's kind unless a row names one
+    assert [Path(f).name for f in data.files] == ["pairs.jsonl", "verified.jsonl", "discarded.jsonl"]
+    empty = open_stage(run, "grpo", checkpoint_key(config={}, parent=None, inputs=[], seed=0))
+    empty.finalize(metrics={})
+    with pytest.raises(DataFormatError, match="without pairs.jsonl, verified.jsonl or discarded.jsonl"):
+        read_sources([str(run / "grpo")], run)

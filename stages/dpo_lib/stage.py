@@ -37,7 +37,7 @@ from stages.dpo_lib.pairs import (
 from stages.dpo_lib.sources import read_sources
 from stages.dpo_lib.strip import FEATURES
 from stages.harness import PolicyTrainingArguments, StageConfigs, StageContext, StagePlan, StageResult
-from stages.harness.policy import sample_solutions
+from stages.harness.policy import input_files, sample_solutions
 
 log = logging.getLogger("mathforge.dpo")
 
@@ -181,7 +181,8 @@ def prepare(configs: StageConfigs) -> StagePlan:
                "pair_rows_read": len(data.pairs), "pairs_from_sources": counts, "dropped": drops.to_json(),
                "sample_problems": args.sample_problems, "pair_mix": options.mix, "loss_type": cfg.loss_type,
                "beta": cfg.beta, "precompute_ref_log_probs": cfg.precompute_ref_log_probs}
-    return StagePlan(parent=model_args.model_name_or_path, inputs=data.files, details=details,
+    inputs = list(dict.fromkeys([*data.files, *input_files(args.sample_problems)]))
+    return StagePlan(parent=model_args.model_name_or_path, inputs=inputs, details=details,
                      data={"pairs": pairs, "drops": drops, "options": options, "pair_build_s": build_s},
                      extra_config={"pair_mix": options.mix}, seed=cfg.seed)
 
