@@ -2,13 +2,17 @@
 
     python -m eval.gsm8k --model runs/tiny/sft [--task pot cot] [--limit N]
         [--backend transformers|vllm] [--samples K] [--repair R] [--prm <checkpoint>]
+        [--eval_sets data/svamp.jsonl --question_field '{Body} {Question}' --answer_field Answer]
     accelerate launch -m eval.gsm8k --config recipes/tiny/eval.yaml --model runs/tiny/sft
 
 ``--model`` is a stage checkpoint (a version folder, or a stage folder: its latest version), a
 local model folder or a hub id. ``--config`` is a YAML recipe of the fields of
 :class:`EvalArguments` (CLI flags override it). For every eval set (``arith:test:500``,
-``gsm8k:test[:n]``, a Problem jsonl) and every mode (``pot``: executed Program-of-Thought;
-``cot``: lighteval's standard GSM8K prompt and metric) it reports
+``gsm8k:test[:n]``, a Problem jsonl, a jsonl with other field names through a field mapping:
+``--question_field/--answer_field/--id_field`` or ``<path>?question=...&answer=...``) and every
+mode (``pot``: executed Program-of-Thought; ``cot``: lighteval's standard GSM8K prompt and
+metric) it reports, over the problems whose gold answer can be read (docs/answers.md; the others
+are counted as ``unreadable_gold``)
 
 - greedy pass@1 with its 95% Wilson interval, mean completion tokens, and the shares of
   completions without a program / with an execution error (PoT);
@@ -30,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stages.common.data import FieldMap, split_source
+
 log = logging.getLogger("mathforge.eval")
 
 
@@ -40,7 +46,15 @@ class EvalArguments:
     model: str | None = field(default=None, metadata={
         "help": "A stage checkpoint (version or stage folder), a local model folder or a hub id."})
     eval_sets: list[str] = field(default_factory=lambda: ["arith:test:500", "gsm8k:test"], metadata={
-        "help": "Problem sources: arith:<split>[:n[:seed]], gsm8k:<split>[:n], or a Problem jsonl."})
+        "help": "Problem sources: arith:<split>[:n[:seed]], gsm8k:<split>[:n], a Problem jsonl, or a jsonl "
+                "with a field mapping: <path>?question=<field or template>&answer=<field>[&id=<field>]."})
+    question_field: str | None = field(default=None, metadata={
+        "help": "The question of every jsonl eval set without its own mapping: a field name, or a template "
+                "joining fields such as '{Body} {Question}' (default: question)."})
+    answer_field: str | None = field(default=None, metadata={
+        "help": "The gold answer field of every jsonl eval set without its own mapping (default: answer)."})
+    id_field: str | None = field(default=None, metadata={
+        "help": "The id field of every jsonl eval set without its own mapping (default: id, else file-line)."})
     task: list[str] = field(default_factory=lambda: ["pot"], metadata={
         "help": "Modes: pot (executed Program-of-Thought) and/or cot (lighteval's GSM8K prompt and metric)."})
     limit: int | None = field(default=None, metadata={"help": "Evaluate the first N problems of each set."})
@@ -79,7 +93,30 @@ def parse_args(argv: list[str] | None = None) -> EvalArguments:
     except ConfigError as e:
         raise SystemExit(f"eval: {e}") from e
     validate(args)
+    args.eval_sets = mapped_eval_sets(args)
     return args
+
+
+def field_map(args: EvalArguments) -> FieldMap | None:
+    """The field mapping of ``--question_field/--answer_field/--id_field`` (None without any)."""
+    given = {k: v for k, v in (("question", args.question_field), ("answer", args.answer_field),
+                               ("id", args.id_field)) if v is not None}
+    return FieldMap(**given) if given else None
+
+
+def _is_jsonl_set(source: str) -> bool:
+    return source.partition(":")[0] not in ("arith", "gsm8k")
+
+
+def mapped_eval_sets(args: EvalArguments) -> list[str]:
+    """The eval sets, each jsonl set without a mapping of its own given the command line's
+    (``data.jsonl`` -> ``data.jsonl?question=...&answer=...``): the mapping is part of the set's
+    name in the results, and of its key."""
+    fields = field_map(args)
+    if fields is None:
+        return list(args.eval_sets)
+    return [f"{s}?{fields.spec()}" if _is_jsonl_set(s) and split_source(s)[1] is None else s
+            for s in args.eval_sets]
 
 
 def validate(args: EvalArguments) -> None:
@@ -111,6 +148,12 @@ def validate(args: EvalArguments) -> None:
         problems.append(f"--limit must be >= 1, got {args.limit}")
     if args.dtype not in ("auto", "float32", "bfloat16", "float16"):
         problems.append(f"--dtype must be auto, float32, bfloat16 or float16, got {args.dtype!r}")
+    mapping = [v for v in (args.question_field, args.answer_field, args.id_field) if v is not None]
+    if any(not v.strip() for v in mapping):
+        problems.append("--question_field, --answer_field and --id_field must name a field")
+    elif mapping and not any(_is_jsonl_set(s) for s in args.eval_sets):
+        problems.append("--question_field/--answer_field/--id_field map the fields of jsonl eval sets; "
+                        f"eval_sets has none: {args.eval_sets}")
     if problems:
         raise SystemExit("eval: " + "; ".join(problems))
 
@@ -218,7 +261,7 @@ def evaluate(args: EvalArguments, model: Any, tokenizer: Any, *, repair_fn: Any 
     """Run every task; returns (metrics by set and mode, detail rows by file name, timings)."""
     from eval.metrics import JUDGE_SECONDS, POT  # noqa: PLC0415
     from eval.model import MathforgeModel  # noqa: PLC0415
-    from eval.tasks import slug  # noqa: PLC0415
+    from eval.tasks import gradable_problems, slug  # noqa: PLC0415
 
     specs = task_specs(args)
     lm = MathforgeModel(llm if llm is not None else model, tokenizer, name=args.model or "model",
@@ -230,6 +273,7 @@ def evaluate(args: EvalArguments, model: Any, tokenizer: Any, *, repair_fn: Any 
     for spec in specs:
         entry = metrics.setdefault(spec.source, {}).setdefault(spec.mode, {})
         name = f"{spec.mode}_{slug(spec.source)}"
+        entry["unreadable_gold"] = gradable_problems(spec.source, spec.limit)[1]
         if spec.samples == 1:
             per_problem = detail_rows(spec, details[spec.full_name], tokenizer, "greedy")
             greedy = [rows[0] for rows in per_problem]
@@ -341,7 +385,7 @@ def main(argv: list[str] | None = None) -> Path | None:
 
     from eval import results as R  # noqa: PLC0415
     from eval.hooks import StageUnavailable, load_prm, load_repair  # noqa: PLC0415
-    from eval.tasks import problems_of  # noqa: PLC0415
+    from eval.tasks import gradable_problems, problems_of  # noqa: PLC0415
     from stages.common.checkpoint import now_iso, package_versions  # noqa: PLC0415
     from stages.harness.lifecycle import setup_logging  # noqa: PLC0415
 
@@ -355,8 +399,12 @@ def main(argv: list[str] | None = None) -> Path | None:
     for source in args.eval_sets:
         try:
             data[source] = R.problems_sha256(problems_of(source)[: args.limit])
+            gradable, unreadable = gradable_problems(source, args.limit)
         except (OSError, ValueError) as e:
             raise SystemExit(f"eval: eval set '{source}': {e}") from e
+        if not gradable:
+            raise SystemExit(f"eval: eval set '{source}': none of its {unreadable} gold answers can be read "
+                             f"(the rules: docs/answers.md; a field mapping may pick the wrong field)")
     config = semantic_config(args)
     if args.samples > 1:  # sampling seeds each rank differently: the process count changes the samples
         config["world_size"] = state.num_processes
@@ -417,6 +465,8 @@ def print_summary(metrics: dict) -> None:
                     line += f"  {k}={v:.3f}"
             if "repair" in m:
                 line += f"  pass@1_repair={m['repair']['pass@1']:.3f}"
+            if m.get("unreadable_gold"):
+                line += f"  (left out: {m['unreadable_gold']} unreadable gold answers)"
             print(line)
 
 

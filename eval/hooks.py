@@ -31,6 +31,7 @@ from typing import Any
 
 from rewards.functions import AGGREGATIONS
 from sandbox import get_sandbox
+from stages.common.checkpoint import CheckpointError
 from stages.common.pot import extract_program
 
 REPAIR_SIGNATURE = ("stages.revise_lib.repair.repair(model, tokenizer, attempts, *, rounds, max_new_tokens, seed) "
@@ -66,7 +67,6 @@ def load_repair() -> Callable[..., list[str]]:
 def load_prm(checkpoint: str) -> Any:
     """A ``stages.prm_lib.scorer.PRMScorer`` for ``checkpoint`` (checked before any model loads), or
     :class:`StageUnavailable`."""
-    from stages.common.checkpoint import CheckpointError
     from stages.prm_lib.scorer import PRMScorer  # deferred: loads torch and transformers
 
     try:

@@ -115,6 +115,8 @@ def _flat_eval(m: dict) -> dict:
             out[f"sampled {k}"] = v
     if isinstance(m.get("repair"), dict):
         out[f"pass@1 repair@{m['repair'].get('rounds')}"] = m["repair"].get("pass@1")
+    if m.get("unreadable_gold"):  # problems left out of n: their gold answer cannot be read
+        out["unreadable gold"] = m["unreadable_gold"]
     return out
 
 

@@ -10,7 +10,9 @@ as lighteval's standard GSM8K chain-of-thought.
 
 Any Problem source of ``stages.common.data.load_problems`` can be a task's data: ``gsm8k:test``
 (the ../shared copy, or ``openai/gsm8k`` from the hub when there is none), ``arith:test:500`` (the
-embedded arithmetic split), a jsonl. Datasets are built locally through ``eval.offline``'s
+embedded arithmetic split), a jsonl, a jsonl with a field mapping (``svamp.jsonl?question={Body}
+{Question}&answer=Answer``). Problems whose gold answer cannot be read are left out and counted
+(:func:`gradable_problems`). Datasets are built locally through ``eval.offline``'s
 registry of pseudo hub repositories, never downloaded by lighteval.
 
 ``TASKS_TABLE`` holds the default tasks (``gsm8k_pot``, ``gsm8k_cot``, ``arith_pot``) for
@@ -31,6 +33,7 @@ from lighteval.tasks.requests import Doc
 
 from eval.metrics import COT, MODES, POT, greedy_metrics, sampling_metrics
 from eval.offline import LOCAL_DATASETS
+from rewards.scoring import readable_gold, warn_unreadable_golds
 
 GSM8K_REPO = "openai/gsm8k"
 COT_STOP = ("Question:",)  # lighteval's gsm8k task stops there
@@ -86,6 +89,16 @@ def problems_of(source: str) -> tuple[dict, ...]:
     return tuple(load_problems(source))
 
 
+@lru_cache(maxsize=16)
+def gradable_problems(source: str, limit: int | None = None) -> tuple[tuple[dict, ...], int]:
+    """The first ``limit`` problems of a source whose gold answer can be read
+    (``rewards.equivalence.read_gold``), and how many of them could not: those are left out of
+    the task (never scored 0), counted in the results and warned about once per source."""
+    problems = problems_of(source)[:limit]
+    unreadable = warn_unreadable_golds([p["answer"] for p in problems], source)
+    return tuple(p for p in problems if readable_gold(p["answer"]) is not None), unreadable
+
+
 def _rows(problems: Any) -> list[dict]:
     # "answer" holds the worked solution when there is one (lighteval's gsm8k prompt puts it in the
     # gold choice and few-shot examples), "gold" the final answer that PoT compares with.
@@ -94,11 +107,11 @@ def _rows(problems: Any) -> list[dict]:
 
 
 def build_dataset(source: str, with_train: bool = True, limit: int | None = None) -> Any:
-    """The DatasetDict lighteval reads: ``test`` is the source (its first ``limit`` problems),
-    ``train`` GSM8K's train split (the CoT few-shot pool)."""
+    """The DatasetDict lighteval reads: ``test`` is the source (its first ``limit`` problems, less
+    those whose gold cannot be read), ``train`` GSM8K's train split (the CoT few-shot pool)."""
     from datasets import Dataset, DatasetDict  # noqa: PLC0415
 
-    splits = {"test": Dataset.from_list(_rows(problems_of(source)[:limit]))}
+    splits = {"test": Dataset.from_list(_rows(gradable_problems(source, limit)[0]))}
     if with_train:
         splits["train"] = Dataset.from_list(_rows(problems_of("gsm8k:train")))
     return DatasetDict(splits)

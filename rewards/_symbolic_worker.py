@@ -30,7 +30,7 @@ def _limit_memory() -> None:
     if mb <= 0:
         return
     try:
-        import resource
+        import resource  # deferred: Unix-only; the ImportError below covers other systems
 
         resource.setrlimit(resource.RLIMIT_AS, (mb << 20, mb << 20))
     except (ImportError, ValueError, OSError):
@@ -38,7 +38,7 @@ def _limit_memory() -> None:
 
 
 def _parse(text: str, timeout: int):
-    from math_verify import parse
+    from math_verify import parse  # deferred: heavy (sympy, latex2sympy), loaded in the worker only
 
     s = text.strip()
     if not any(m in s for m in _LATEX_MARKERS):
@@ -48,7 +48,7 @@ def _parse(text: str, timeout: int):
 
 
 def _handle(req: dict) -> dict:
-    from math_verify import verify
+    from math_verify import verify  # deferred: heavy, loaded in the worker only
 
     timeout = max(1, int(req.get("timeout", 3)))
     if req["op"] == "parse":

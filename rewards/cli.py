@@ -25,7 +25,7 @@ from typing import Any
 
 from rewards.equivalence import is_equivalent, is_parseable_gold
 from rewards.extract import extract_answer, gold_answer
-from rewards.scoring import score_pot
+from rewards.scoring import score_pot, warn_unreadable_golds
 from stages.common.data import DataFormatError, iter_jsonl, write_jsonl
 
 
@@ -83,6 +83,7 @@ def check_file(
             if pred is not None and not isinstance(pred, str):
                 raise DataFormatError(path, line, pf, f"expected a string, got {type(pred).__name__}")
             items.append((line, pf, pred, None if gold is None else str(gold), label))
+    warn_unreadable_golds(dict.fromkeys(g for _, _, _, g, _ in items), path)
     if mode == "pot":
         scores = score_pot([p or "" for _, _, p, _, _ in items], [g for _, _, _, g, _ in items])
         verdicts = [(s.answer, s.correct) for s in scores]

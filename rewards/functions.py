@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 Rewards = list[float | None]
 
+# Default L_max of cosine_length: open-r1's GRPO script default (``cosine_max_len: 1000``).
+COSINE_MAX_LENGTH = 1000
+
 
 class RewardFunc:
     """Base of the reward functions: name, gold column lookup, correctness by mode."""
@@ -110,8 +113,9 @@ def _log(kwargs: dict[str, Any], metrics: dict[str, float], extra: dict[str, lis
 
 class PotCorrectness(RewardFunc):
     """1.0 when the completion's program runs (sandbox, one batch) and prints the gold answer,
-    else 0.0; None when the gold is unparseable. Logs the share of completions without a program
-    and with an execution error, and each executed answer."""
+    else 0.0; None when the gold cannot be read (``rewards.equivalence.read_gold``). Logs the
+    shares of completions without a program, with an execution error and with an unreadable
+    gold, and each executed answer."""
 
     name = "pot_correctness"
 
@@ -128,6 +132,7 @@ class PotCorrectness(RewardFunc):
             {
                 f"{self.__name__}/no_code": sum(s.status == "no_code" for s in scores) / n,
                 f"{self.__name__}/exec_error": sum(s.status not in ("ok", "no_code") for s in scores) / n,
+                f"{self.__name__}/unreadable_gold": sum(s.correct is None for s in scores) / n,
             },
             {"executed_answer": [s.answer for s in scores]},
         )
@@ -136,12 +141,14 @@ class PotCorrectness(RewardFunc):
 
 class CotCorrectness(RewardFunc):
     """1.0 when the final answer extracted from the text equals the gold, else 0.0; None when the
-    gold is unparseable."""
+    gold cannot be read. Logs the share of completions with an unreadable gold."""
 
     name = "cot_correctness"
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Rewards:
-        return [None if c is None else float(c) for c in score_cot(completions, self.golds(kwargs, len(completions)))]
+        correct = score_cot(completions, self.golds(kwargs, len(completions)))
+        _log(kwargs, {f"{self.__name__}/unreadable_gold": sum(c is None for c in correct) / max(1, len(correct))})
+        return [None if c is None else float(c) for c in correct]
 
 
 def has_pot_format(completion: Any) -> bool:
@@ -286,7 +293,8 @@ class DapoOverlong(RewardFunc):
     """DAPO soft overlong punishment (formula in :func:`rewards.lengths.dapo_overlong_penalty`),
     added to the correctness reward. ``max_length`` is L_max (set it to the trainer's
     ``max_completion_length``); ``cache_length`` is L_cache, by default a fifth of L_max as in
-    DAPO (4,096 of 20,480)."""
+    DAPO (4,096 of 20,480); ``cache_length: 0`` is a hard cut-off (no soft zone: 0 up to L_max,
+    -1 beyond), as TRL's ``get_soft_overlong_punishment`` with ``soft_punish_cache=0``."""
 
     name = "dapo_overlong"
 
@@ -294,9 +302,9 @@ class DapoOverlong(RewardFunc):
         super().__init__()
         self.max_length = int(max_length)
         self.cache_length = int(cache_length) if cache_length is not None else max(1, self.max_length // 5)
-        if not 0 < self.cache_length <= self.max_length:
-            raise ValueError(f"dapo_overlong: need 0 < cache_length <= max_length, got {self.cache_length}, "
-                             f"{self.max_length}")
+        if not 0 <= self.cache_length <= self.max_length or self.max_length < 1:
+            raise ValueError(f"dapo_overlong: need 0 <= cache_length <= max_length and max_length >= 1, got "
+                             f"cache_length={self.cache_length}, max_length={self.max_length}")
         self.tokenizer = tokenizer
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> Rewards:
@@ -306,14 +314,16 @@ class DapoOverlong(RewardFunc):
 
 class CosineLength(RewardFunc):
     """Cosine length scaling of correctness (formula in
-    :func:`rewards.lengths.cosine_length_reward`); use it instead of a correctness reward."""
+    :func:`rewards.lengths.cosine_length_reward`); use it instead of a correctness reward.
+    ``max_length`` is L_max, by default :data:`COSINE_MAX_LENGTH` (1,000 tokens, open-r1's
+    ``cosine_max_len``); set it to the trainer's ``max_completion_length``."""
 
     name = "cosine_length"
 
     def __init__(
         self,
         *,
-        max_length: int,
+        max_length: int = COSINE_MAX_LENGTH,
         min_value_correct: float = 0.5,
         max_value_correct: float = 1.0,
         min_value_wrong: float = -1.0,
@@ -327,6 +337,8 @@ class CosineLength(RewardFunc):
     ) -> None:
         super().__init__(gold_column=gold_column)
         self.max_length, self.tokenizer = int(max_length), tokenizer
+        if self.max_length < 1:
+            raise ValueError(f"cosine_length: max_length must be >= 1, got {self.max_length}")
         self.values = dict(
             min_value_correct=min_value_correct,
             max_value_correct=max_value_correct,

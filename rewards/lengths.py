@@ -38,7 +38,7 @@ def completion_lengths(
         if isinstance(tokenizer, str | os.PathLike):
             key = str(tokenizer)
             if key not in _tokenizers:
-                from transformers import AutoTokenizer  # noqa: PLC0415 - heavy, only when asked for
+                from transformers import AutoTokenizer  # deferred: heavy, only when asked for
 
                 _tokenizers[key] = AutoTokenizer.from_pretrained(key)
             tokenizer = _tokenizers[key]
@@ -119,11 +119,12 @@ def dapo_overlong_penalty(length: int, max_length: int, cache_length: int) -> fl
     """DAPO soft overlong punishment, with L_max = ``max_length`` and L_cache = ``cache_length``:
 
     ``0`` if ``|y| <= L_max - L_cache``; ``((L_max - L_cache) - |y|) / L_cache`` if
-    ``L_max - L_cache < |y| <= L_max`` (a linear slope from 0 to -1); ``-1`` if ``|y| > L_max``."""
+    ``L_max - L_cache < |y| <= L_max`` (a linear slope from 0 to -1); ``-1`` if ``|y| > L_max``.
+    ``cache_length`` 0 leaves no soft zone: a hard cut-off at L_max."""
     soft = max_length - cache_length
     if length <= soft:
         return 0.0
-    if length <= max_length:
+    if length <= max_length:  # here cache_length > 0
         return (soft - length) / cache_length
     return -1.0
 

@@ -9,13 +9,17 @@ reads those with one regular expression into an exact number (an ``int``, else a
 What counts as a number here (and nothing else, to stay unambiguous):
 
 - an integer or decimal, optionally signed, with ``,`` thousands separators in groups of three
-  (``1,000`` but not ``1,5``), an optional exponent (``1.5e+16``, as Python prints floats);
-- a fraction ``a/b`` of such numbers, a mixed number ``1 1/2``, or ``\\frac{a}{b}``;
+  (``1,000`` but not ``1,5``; also LaTeX's ``10{,}000`` and ``10\\,000``, and a thin space), an
+  optional exponent (``1.5e+16``, as Python prints floats);
+- a fraction ``a/b`` of such numbers, a mixed number ``1 1/2`` (``1\\frac{1}{2}`` in LaTeX, as
+  math-verify reads it), or ``\\frac{a}{b}``;
 - a currency sign before or after (``$``, ``€``, ``£``, ``¥``, ``₹``, ``USD`` ...);
 - a trailing percent (``%``, ``\\%``, ``percent``): kept as a flag, see :func:`numbers_match`;
-- trailing unit words (``18 dollars``, ``5 km/h``, ``3 square feet``); a scale word
-  (``1.8 billion``) multiplies; words that change the meaning (``18 or 19``, ``3 times``) do not
-  count as units, and neither do lone letters that look like variables (``18x``);
+- trailing unit words (``18 dollars``, ``5 km/h``, ``3 square feet``), or words in parentheses
+  (``9 (apples)``, ``2.5 (cups of flour)``, as some benchmarks write their gold answers); a scale
+  word (``1.8 billion``) multiplies; words that change the meaning (``18 or 19``, ``3 times``,
+  ``9 (or 10)``) do not count as units, nor do words that continue a sentence after a bare number
+  (``18 for the``), nor lone letters that look like variables (``18x``);
 - a leading ``x =`` or ``approximately``.
 """
 
@@ -43,24 +47,25 @@ _NUM_RE = re.compile(
     )
     \s*(?:{_CURRENCY})?
     \s*(?P<pct>%|percent\b|per\s*cent\b)?
-    \s*(?P<unit>[^\W\d_][^\d=+*<>(){{}}\[\]|]{{0,40}}?(?:\^\{{?[23]\}}?)?)?
+    \s*(?:(?P<unit>[^\W\d_][^\d=+*<>(){{}}\[\]|]{{0,40}}?(?:\^\{{?[23]\}}?)?)
+          |\(\s*(?P<punit>[^\W\d_][^\d=+*<>(){{}}\[\]|]{{0,60}}?)\s*\))?               # 9 (apples)
     [\s.,;!]*$
     """,
     re.IGNORECASE | re.VERBOSE,
 )
 _SCALE = {"thousand": 10**3, "million": 10**6, "billion": 10**9, "trillion": 10**12}
-# Words after a number that make it something other than "the number, in some unit", or that
-# continue a sentence ("1432070 pesos for an" from a truncated solution).
-_NOT_UNITS = frozenset(
-    "or and to plus minus times more less than not nor but except divided over by "
-    "a an the for is are was were will would so which that if because".split()
-)
+# Words after a number that make it something other than "the number, in some unit"...
+_CHANGES_MEANING = frozenset("or and to plus minus times more less than not nor but except divided over by".split())
+# ... and words that continue a sentence ("1432070 pesos for an" from a truncated solution); in
+# parentheses ("25% (of the class)") these describe the unit.
+_NOT_UNITS = _CHANGES_MEANING | frozenset("a an the for is are was were will would so which that if because".split())
 # Lone letters after a number read as variables (18x, 3i, 5k?), except these unit symbols.
 _LETTER_UNITS = frozenset("m g s h l".split())
 _UNIT_WORD_RE = re.compile(r"[^\W\d_]+")
 
 _LATEX_SUBS = [
     (re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}"), r" \1 "),
+    (re.compile(r"(?<![\w.^])(\d+)\s*\\[dt]?frac\s*\{\s*(\d+)\s*\}\s*\{\s*(\d+)\s*\}"), r"\1 \2/\3"),  # 1\frac{1}{2}
     (re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}"), r"(\1)/(\2)"),
     (re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°"), " "),
     (re.compile(r"\{,\}"), ","),
@@ -69,6 +74,7 @@ _LATEX_SUBS = [
     (re.compile(r"\\([$%])"), r"\1"),
     (re.compile(r"^\s*(?:\$|\\\(|\\\[)\s*|\s*(?:\$|\\\)|\\\])\s*$"), ""),
 ]
+_THIN_SPACE_RE = re.compile(r"(?<=\d)[\u2009\u202f](?=\d{3}(?!\d))")
 _PAREN_FRAC_RE = re.compile(r"^([-+]?)\s*\(([^()]+)\)/\(([^()]+)\)$")
 
 
@@ -98,12 +104,12 @@ def _to_number(num: str) -> Number:
     return Fraction(int(whole + frac), 10 ** len(frac))
 
 
-def _unit_ok(unit: str) -> tuple[bool, int]:
+def unit_ok(unit: str, parenthesised: bool = False) -> tuple[bool, int]:
     """Whether trailing text is a unit, and the scale factor it implies (1.8 billion)."""
     words = [w.lower() for w in _UNIT_WORD_RE.findall(unit)]
-    if not words or len(words) > 5:
+    if not words or len(words) > (8 if parenthesised else 5):
         return False, 1
-    if any(w in _NOT_UNITS for w in words):
+    if any(w in (_CHANGES_MEANING if parenthesised else _NOT_UNITS) for w in words):
         return False, 1
     if len(words) == 1 and len(words[0]) == 1 and words[0] not in _LETTER_UNITS:
         return False, 1
@@ -120,13 +126,15 @@ def parse_value(text: str) -> tuple[Number, bool] | None:
     if "\\" in s or "{" in s or s[0] == "$" and s[-1] == "$":
         s = clean_latex(s)
     s = s.replace("−", "-").replace("–", "-")
+    if "\u2009" in s or "\u202f" in s:  # thin spaces between digit groups: 10 000
+        s = _THIN_SPACE_RE.sub("", s)
     m = _NUM_RE.fullmatch(s)
     if m is None:
         return None
     scale = 1
-    unit = m.group("unit")
-    if unit:
-        ok, scale = _unit_ok(unit)
+    unit, punit = m.group("unit"), m.group("punit")
+    if unit or punit:
+        ok, scale = unit_ok(unit or punit, parenthesised=bool(punit))
         if not ok:
             return None
     value: Number

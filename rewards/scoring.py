@@ -8,18 +8,26 @@ programs only), and an optional :class:`ExecMemo` lets several rewards that scor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rewards.equivalence import is_equivalent, is_parseable_gold
+from rewards.equivalence import is_equivalent, read_gold
 from rewards.extract import extract_answer, gold_answer
+from sandbox import get_sandbox
 from stages.common.pot import completion_text, extract_program
+
+logger = logging.getLogger(__name__)
+_warned_sources: set[str] = set()
+_warned_lock = threading.Lock()
+SCORED_BATCHES = "scored batches"  # the data source of golds met in score_pot/score_cot
 
 
 @dataclass(frozen=True, slots=True)
 class PotScore:
-    """How one PoT completion fared. ``correct`` is None when the gold answer is unparseable;
+    """How one PoT completion fared. ``correct`` is None when the gold answer cannot be read;
     ``status`` is the sandbox's status (``"ok"`` only on a normal exit) or ``"no_code"``;
     ``answer`` is the final answer read from the program's output."""
 
@@ -53,8 +61,6 @@ class ExecMemo:
 def run_programs(programs: Sequence[str], sandbox: Any = None, memo: ExecMemo | None = None) -> list[Any]:
     """Sandbox results of ``programs``: each distinct program runs once, all in one batch."""
     if sandbox is None:
-        from sandbox import get_sandbox  # noqa: PLC0415 - the sandbox starts its template process on use
-
         sandbox = get_sandbox()
     if memo is not None:
         return memo.run(sandbox, programs)
@@ -63,17 +69,34 @@ def run_programs(programs: Sequence[str], sandbox: Any = None, memo: ExecMemo | 
     return [by_program[p] for p in programs]
 
 
+def readable_gold(gold: str | None) -> str | None:
+    """The gold final answer of a dataset field (``rewards.extract.gold_answer``) when
+    ``rewards.equivalence.read_gold`` can read it, else None."""
+    answer = gold_answer(gold)
+    return answer if answer is not None and read_gold(answer) is not None else None
+
+
+def warn_unreadable_golds(golds: Iterable[str | None], source: str) -> int:
+    """How many of ``golds`` cannot be read; the first time a ``source`` (a data source, such as
+    a problem file) has any, one warning with their count and an example. Their completions are
+    scored None (left out of GRPO's group baseline), never 0."""
+    bad = [g for g in golds if readable_gold(g) is None]
+    if bad:
+        with _warned_lock:
+            first = source not in _warned_sources
+            _warned_sources.add(source)
+        if first:
+            logger.warning("%s: %d gold answer(s) cannot be read (e.g. %.200r); they are left out of scoring "
+                           "(reward None), not scored 0. The rules: docs/answers.md", source, len(bad), bad[0])
+    return len(bad)
+
+
 def _golds(golds: Sequence[str | None]) -> list[str | None]:
-    """Gold answers, None where unparseable; each distinct gold checked once (a GRPO batch repeats
-    every gold once per generation)."""
-    checked: dict[str | None, str | None] = {}
-    out = []
-    for g in golds:
-        if g not in checked:
-            a = gold_answer(g)
-            checked[g] = a if a is not None and is_parseable_gold(a) else None
-        out.append(checked[g])
-    return out
+    """Gold answers, None where unreadable (with a warning, once); each distinct gold checked once
+    (a GRPO batch repeats every gold once per generation)."""
+    checked: dict[str | None, str | None] = {g: readable_gold(g) for g in dict.fromkeys(golds)}
+    warn_unreadable_golds([g for g, a in checked.items() if a is None], SCORED_BATCHES)
+    return [checked[g] for g in golds]
 
 
 def score_pot(
@@ -109,7 +132,7 @@ def score_pot(
 
 def score_cot(completions: Sequence[Any], golds: Sequence[str | None]) -> list[bool | None]:
     """Whether each chain-of-thought completion's final answer (``rewards.extract``) equals the
-    gold; None where the gold is unparseable."""
+    gold; None where the gold cannot be read."""
     if len(completions) != len(golds):
         raise ValueError(f"score_cot: {len(completions)} completions but {len(golds)} gold answers")
     out: list[bool | None] = []

@@ -30,7 +30,7 @@ _HOME = {
 
 def __getattr__(name: str) -> Any:
     if name in _HOME:
-        import importlib
+        import importlib  # deferred: workers import this package, and their template must stay small
 
         return getattr(importlib.import_module(_HOME[name]), name)
     raise AttributeError(f"module 'sandbox' has no attribute {name!r}")

@@ -18,7 +18,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
+from tqdm.auto import tqdm
+
 from sandbox.config import SandboxConfig
+from sandbox.pool import Sandbox
 
 _CHUNK = 1024  # programs per run_many call: bounded memory, output written as it comes
 
@@ -58,8 +61,6 @@ def _open(path: str, mode: str) -> Iterator[IO[str]]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sandbox.pool import Sandbox
-
     with _open(args.input, "r") as f:
         programs = read_programs(f, "<stdin>" if args.input == "-" else args.input)
     overrides: dict[str, Any] = {}
@@ -73,8 +74,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     show = sys.stderr.isatty() if args.progress is None else args.progress
     bar = None
     if show:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(programs), desc="sandbox", unit="prog", file=sys.stderr)
     with Sandbox(config) as sb, _open(args.output, "w") as out:
         for start in range(0, len(programs), _CHUNK):
@@ -92,8 +91,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from sandbox.pool import Sandbox
-
     with Sandbox(SandboxConfig(workers=1)) as sb:
         print(json.dumps(sb.isolation_report(), indent=2))
     return 0

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import select
 import signal
+import site
 import subprocess
 import sys
 import threading
@@ -24,6 +25,8 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from sandbox import _protocol
 from sandbox.config import ERROR, OUTPUT_LIMIT, SANDBOX_ERROR, ExecResult, SandboxConfig, last_output_line
@@ -57,8 +60,6 @@ def _server_env() -> dict[str, str]:
 
 def _site_dirs() -> list[str]:
     """This interpreter's site-packages directories (the workers run without ``site``)."""
-    import site
-
     dirs = list(site.getsitepackages())
     if site.ENABLE_USER_SITE and not sys.flags.no_user_site:
         dirs.append(site.getusersitepackages())
@@ -287,8 +288,6 @@ class Sandbox:
             return []
         bar = None
         if progress:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=len(codes), desc="sandbox", unit="prog")
         try:
             with self._lock:

@@ -128,3 +128,23 @@ def test_corpus_text_has_the_prompt_and_chat_markers():
     assert text.count(SYSTEM_PROMPT) == 50
     assert text.count("<|im_start|>assistant\n```python\n") == 50
     assert text.count("<|im_end|>") == 150
+
+
+def test_source_spec_names_levels_and_the_hard_split_never_meets_train():
+    from stages.common.data import DataFormatError, load_problems
+
+    hard_test = load_problems("arith:test:300:0:levels=4")
+    assert len(hard_test) == 300 and {r["level"] for r in hard_test} == {4}
+    assert all(r["id"].startswith("arith-4-") for r in hard_test)
+    assert load_problems("arith:test:300:levels=4", seed=0) == hard_test  # the seed defaults to the caller's
+    mixed = load_problems("arith:train:40:3:levels=3,4")
+    assert [r["level"] for r in mixed] == [3, 4] * 20
+    assert load_problems("arith:test:20") == generate_problems(20, "test", seed=0)  # levels 1-3 by default
+    hard_train = load_problems("arith:train:2000:0:levels=4") + load_problems("arith:train:2000:1:levels=4")
+    assert not {r["id"] for r in hard_train} & {r["id"] for r in hard_test}
+    for bad, says in [("arith:dev:3", "split"), ("arith:test:x", "integers"), ("arith:test:3:levels=9", "subset"),
+                      ("arith:test:3:size=1", "unknown option"), ("arith:test:levels=4:3", "after an option"),
+                      ("arith:test:0", "at least 1")]:
+        with pytest.raises(DataFormatError, match=says) as err:
+            load_problems(bad)
+        assert str(err.value).startswith(bad)

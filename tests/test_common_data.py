@@ -1,4 +1,4 @@
-"""Data formats: every bad row is an error naming file, line and field; problem sources load."""
+"""Data formats: every bad row is an error naming file, line and field; problem sources load, also\nwith a field mapping for benchmarks that name their fields otherwise."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import pytest
 
 from stages.common.data import (
     DataFormatError,
+    FieldMap,
     gsm8k_gold,
     load_gsm8k,
     load_problems,
     read_jsonl,
+    source_file,
+    split_source,
     write_jsonl,
 )
 
@@ -91,3 +94,51 @@ def test_arith_source_and_bad_gsm8k_row(tmp_path):
     bad = _write(tmp_path / "g.jsonl", [{"question": "q", "answer": "no final line ####"}])
     with pytest.raises(DataFormatError, match="g.jsonl:1: field 'answer'"):
         load_problems(str(bad))
+
+
+SVAMP_LIKE = [
+    {"ID": "chal-1", "Body": "Jack had 8 pens and Mary had 5 pens.", "Question": "How many pens did they have?",
+     "Answer": 13.0, "meta": {"gold": "13 (pens)"}},
+    {"ID": "chal-2", "Body": "A box holds {4} cups.", "Question": "How many cups are in 2 boxes?", "Answer": "8",
+     "meta": {"gold": "8"}},
+]
+
+
+def test_field_mapping_in_the_source_spec(tmp_path):
+    path = _write(tmp_path / "svamp.jsonl", SVAMP_LIKE)
+    rows = load_problems(f"{path}?question={{Body}} {{Question}}&answer=Answer&id=ID")
+    assert rows == [
+        {"id": "chal-1", "question": "Jack had 8 pens and Mary had 5 pens. How many pens did they have?",
+         "answer": "13.0"},
+        {"id": "chal-2", "question": "A box holds {4} cups. How many cups are in 2 boxes?", "answer": "8"},
+    ]
+    # a dotted path into a nested object; ids from file and line without an id field; {{ }} literal braces
+    rows = load_problems(f"{path}?question={{{{Q}}}} {{Question}}&answer=meta.gold")
+    assert [r["id"] for r in rows] == ["svamp-0", "svamp-1"]
+    assert rows[0]["question"] == "{Q} How many pens did they have?" and rows[0]["answer"] == "13 (pens)"
+    # the same mapping given as an object (what eval's --question_field/--answer_field build)
+    fields = FieldMap(question="{Body} {Question}", answer="Answer", id="ID")
+    assert load_problems(str(path), fields=fields) == load_problems(f"{path}?{fields.spec()}")
+    assert split_source(f"{path}?{fields.spec()}") == (str(path), fields)
+    assert source_file(f"{path}?answer=Answer") == path and source_file("arith:test:5") is None
+
+
+def test_field_mapping_mistakes_name_file_line_and_field(tmp_path):
+    path = _write(tmp_path / "svamp.jsonl", SVAMP_LIKE + [{"Body": "b", "Question": "q", "Answer": None}])
+    with pytest.raises(DataFormatError, match=r"svamp\.jsonl:1: field 'Bdy' is missing"):
+        load_problems(f"{path}?question={{Bdy}} {{Question}}&answer=Answer")
+    with pytest.raises(DataFormatError, match=r"svamp\.jsonl:3: field 'Answer' expected a string or a number, got "
+                                              r"NoneType"):
+        load_problems(f"{path}?question=Question&answer=Answer")
+    with pytest.raises(DataFormatError, match=r"'answr=Answer' is not one of question=\.\.\., answer=\.\.\., id="):
+        load_problems(f"{path}?question=Question&answr=Answer")
+    with pytest.raises(DataFormatError, match="applies to a jsonl file"):
+        load_problems("gsm8k:test?answer=x")
+    with pytest.raises(DataFormatError, match=r"nope\.jsonl: cannot be read"):
+        load_problems(f"{tmp_path / 'nope.jsonl'}?answer=Answer")
+
+
+def test_field_mapping_reads_worked_solutions(tmp_path):
+    path = _write(tmp_path / "w.jsonl", [{"problem": "q?", "solution": "2 + 2 = 4\n#### 4"}])
+    assert load_problems(f"{path}?question=problem&answer=solution") == [
+        {"id": "w-0", "question": "q?", "answer": "4", "solution": "2 + 2 = 4\n#### 4"}]

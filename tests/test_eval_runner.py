@@ -94,6 +94,35 @@ def test_greedy_pot_agrees_with_evaluate_pot(base: Path):
         assert res[key] == pytest.approx(metrics[key]), key
 
 
+def test_field_mapping_options_map_the_jsonl_sets():
+    args = runner.parse_args(["--model", "m", "--eval_sets", "arith:test:3", "b.jsonl", "c.jsonl?answer=A",
+                              "--question_field", "{Body} {Question}", "--answer_field", "Answer"])
+    assert args.eval_sets == ["arith:test:3", "b.jsonl?question={Body} {Question}&answer=Answer", "c.jsonl?answer=A"]
+    assert runner.semantic_config(args)["question_field"] == "{Body} {Question}"
+    with pytest.raises(SystemExit, match="map the fields of jsonl eval sets; eval_sets has none"):
+        runner.parse_args(["--model", "m", "--eval_sets", "gsm8k:test", "--answer_field", "Answer"])
+
+
+@pytest.mark.slow
+def test_a_benchmark_with_other_field_names(base: Path, tmp_path: Path):
+    # about 10 s: SVAMP-like rows (body + question, a numeric "Answer", a unit in parentheses) and
+    # one gold that cannot be read, which is left out and counted instead of scored 0
+    bench = tmp_path / "svamp.jsonl"
+    rows = [{"ID": "s1", "Body": "Tom has 2 cats.", "Question": "How many cats?", "Answer": 2.0},
+            {"ID": "s2", "Body": "A box holds 4 cups.", "Question": "How many cups in 2 boxes?", "Answer": "8 (cups)"},
+            {"ID": "s3", "Body": "Ann is 9.", "Question": "How old is she?", "Answer": "9 or 10"}]
+    bench.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    folder = runner.main(["--model", str(base), "--eval_sets", str(bench), "--task", "pot", "--question_field",
+                          "{Body} {Question}", "--answer_field", "Answer", "--id_field", "ID", *TINY_ARGS])
+    name = f"{bench}?question={{Body}} {{Question}}&answer=Answer&id=ID"
+    pot = _results(folder)["sets"][name]["pot"]
+    assert pot["n"] == 2 and pot["unreadable_gold"] == 1
+    details = _rows(folder / "details" / next(p.name for p in (folder / "details").iterdir()))
+    assert [(r["id"], r["question"], r["answer"]) for r in details] == [
+        ("s1", "Tom has 2 cats. How many cats?", "2.0"), ("s2", "A box holds 4 cups. How many cups in 2 boxes?",
+                                                          "8 (cups)")]
+
+
 def test_repair_and_prm_fail_clearly_before_generating(base: Path, monkeypatch):
     monkeypatch.setitem(sys.modules, "stages.revise_lib", None)  # import fails like a missing module
     with pytest.raises(SystemExit, match=r"--repair needs the revise stage.*stages\.revise_lib\.repair\.repair\(model"):
@@ -130,12 +159,17 @@ def test_repair_and_prm_hooks_are_called_with_the_documented_interfaces(base: Pa
         def __init__(self, checkpoint):
             seen["prm_checkpoint"] = checkpoint
 
+        @classmethod
+        def check(cls, checkpoint):
+            return checkpoint
+
         def score(self, problems, solutions):
             seen.setdefault("prm_calls", []).append(len(solutions))
             return [[0.9, 0.8] if "print" in s else [0.1] for s in solutions]
 
-    monkeypatch.setitem(sys.modules, "stages.revise", types.SimpleNamespace(repair=repair))
-    monkeypatch.setitem(sys.modules, "stages.prm", types.SimpleNamespace(PRMScorer=PRMScorer))
+    monkeypatch.setitem(sys.modules, "stages.revise_lib", types.SimpleNamespace())
+    monkeypatch.setitem(sys.modules, "stages.revise_lib.repair", types.SimpleNamespace(repair=repair))
+    monkeypatch.setitem(sys.modules, "stages.prm_lib.scorer", types.SimpleNamespace(PRMScorer=PRMScorer))
     folder = runner.main(["--model", str(base), "--eval_sets", "arith:test:500", "--limit", "3", "--task", "pot",
                           "--samples", "2", "--repair", "2", "--repair_max_new_tokens", "16", "--prm", "my-prm",
                           *TINY_ARGS])

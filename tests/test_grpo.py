@@ -35,7 +35,7 @@ def test_problem_without_gold_is_an_error_naming_file_and_line(tmp_path):
 
 
 def test_problem_rows_carry_prompt_gold_and_question():
-    problems = load_gold_problems(["arith:train:5"], seed=0, needed_by="GRPO")
+    (problems,) = load_gold_problems(["arith:train:5"], seed=0, needed_by="GRPO").values()
     rows = to_grpo_rows(problems)
     assert len(rows) == 5
     assert rows[0]["prompt"][-1] == {"role": "user", "content": problems[0]["question"]}

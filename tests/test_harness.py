@@ -229,3 +229,31 @@ def test_journal_keeps_finished_items_and_redoes_a_torn_one(tmp_path):
     assert [(r["id"], r["sample"]) for r in again.rows()] == [("p1", 0), ("p1", 1)]
     again.append([{"id": "p3", "sample": 0}])
     assert Journal(path).done == {"p1", "p2", "p3"}
+
+
+def test_the_parents_own_measurement_is_reused_only_when_it_is_the_same_measurement():
+    from types import SimpleNamespace
+
+    from stages.common.data import load_problems
+    from stages.harness.policy import eval_identity, parent_eval
+
+    args = SimpleNamespace(eval_max_new_tokens=128, eval_batch_size=100)
+    sets = {"arith:test:20": load_problems("arith:test:20"), "arith:test:10:0:levels=4": load_problems(
+        "arith:test:10:0:levels=4")}
+    parent = {"eval": {s: {"pass@1": 0.5, "n": len(p), "identity": eval_identity(p, args)} for s, p in sets.items()}}
+    reused = parent_eval(parent, sets, args)
+    assert reused is not None and all(m["reused_from_parent"] and m["pass@1"] == 0.5 for m in reused.values())
+    assert parent_eval(parent, sets, SimpleNamespace(eval_max_new_tokens=64, eval_batch_size=100)) is None
+    assert parent_eval(parent, {**sets, "arith:test:30": load_problems("arith:test:30")}, args) is None
+    assert parent_eval(parent, {"arith:test:20": load_problems("arith:test:20", seed=1)}, args) is None
+    assert parent_eval({"eval": {s: {"pass@1": 0.5} for s in sets}}, sets, args) is None  # no identity recorded
+    assert parent_eval(None, sets, args) is None
+
+
+def test_pass_at_1_leaves_unreadable_golds_out_and_counts_them():
+    from stages.harness.policy import pass_at_1
+
+    rows = [{"correct": True, "status": "ok", "n_tokens": 10}, {"correct": False, "status": "ok", "n_tokens": 20},
+            {"correct": None, "status": "ok", "n_tokens": 99}]
+    m = pass_at_1(rows)
+    assert m["n"] == 2 and m["pass@1"] == 0.5 and m["unreadable_gold"] == 1 and m["mean_completion_tokens"] == 15

@@ -1,4 +1,4 @@
-"""PoT style rewrites (stages.synth_lib.pot_style) and the synth stage's concise_fraction."""
+"""PoT style rewrites (stages.common.pot_style) and the synth stage's concise_fraction."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ import contextlib
 import io
 import json
 
+import pytest
+
 from stages.common.arith import generate_problems
-from stages.synth_lib.pot_style import add_step_comments, chosen_for_rewrite, inline_single_use
+from stages.common.pot_style import add_step_comments, chosen_for_rewrite, inline_single_use
 
 
 def _run(program: str) -> str:
@@ -117,7 +119,7 @@ def test_comments_go_with_the_statement_they_describe():
 
 
 def test_explanation_follows_the_program_and_changes_no_output():
-    from stages.synth_lib.pot_style import EXPLANATIONS, add_explanation
+    from stages.common.pot_style import EXPLANATIONS, add_explanation
 
     program = generate_problems(1, split="train", seed=4)[0]["program"]
     verbose = add_explanation(program, "id-1")
@@ -126,3 +128,101 @@ def test_explanation_follows_the_program_and_changes_no_output():
     used = {add_explanation(program, f"id-{i}").splitlines()[-1] for i in range(30)}
     assert used == {f"# {t}" for t in EXPLANATIONS}
     assert add_explanation("print(1 +)", "x") is None
+
+
+STYLES = ("plain", "comments", "answer_var", "prints", "inline", "comments+answer_var",
+          "comments+prints+answer_var", "inline+comments+explanation")
+
+
+def test_every_style_prints_the_same_answer_last_and_is_deterministic():
+    from stages.common.pot_style import apply_style
+
+    problems = generate_problems(120, split="train", seed=6, levels=(1, 2, 3, 4))
+    for style in STYLES:
+        for p in problems:
+            new = apply_style(p["program"], style, p["id"])
+            if new is None:  # only inlining may find nothing to inline
+                assert style.startswith("inline"), (style, p["program"])
+                continue
+            assert new == apply_style(p["program"], style, p["id"])
+            out = _run(new).strip().splitlines()
+            assert out[-1] == p["answer"], (style, new)
+            if "prints" in style and p["level"] > 1:
+                assert len(out) > 1  # intermediate values come first, the answer stays last
+            if "comments" in style:
+                assert "\n# print the final answer\n" in new
+
+
+def test_styles_add_what_they_name():
+    from stages.common.pot_style import apply_style
+
+    program = "apples = 23\nbags = 2\nper_bag = 5\nbought = bags * per_bag\napples = apples + bought\nprint(apples)\n"
+    assert apply_style(program, "plain") == program
+    assert apply_style(program, "answer_var").endswith("answer = apples\nprint(answer)\n")
+    assert apply_style(program, "prints") == (
+        "apples = 23\nbags = 2\nper_bag = 5\nbought = bags * per_bag\nprint('bought:', bought)\n"
+        "apples = apples + bought\nprint('apples:', apples)\nprint(apples)\n")
+    assert apply_style(program, "comments") == (
+        "apples = 23\nbags = 2\nper_bag = 5\n# bought is bags times per bag\n"
+        "bought = bags * per_bag\n# add bought to apples\napples = apples + bought\n"
+        "# print the final answer\nprint(apples)\n")
+    # features apply in a fixed order whatever order they are named in
+    assert apply_style(program, "answer_var+comments") == apply_style(program, "comments+answer_var")
+    full = apply_style(program, "comments+prints+answer_var")
+    assert "print('apples:', apples)\n# print the final answer\nanswer = apples\nprint(answer)\n" in full
+    # no final print, control flow, a name the alias would shadow, bad code: nothing to rewrite
+    assert apply_style("x = 1\n", "answer_var") is None
+    assert apply_style("for i in range(2):\n    print(i)\n", "comments") is None
+    assert apply_style("answer = 3\nprint(answer + 1)\n", "answer_var") is None
+    assert apply_style("print(1 +)", "comments") is None
+
+
+def test_style_mix_parses_checks_and_draws_near_its_shares():
+    from stages.common.pot_style import parse_style_mix, pick_style, style_features
+
+    assert style_features("prints+comments") == ("prints", "comments")
+    assert style_features("plain") == ()
+    mix = parse_style_mix({"plain": 0.5, "comments+answer_var": 0.3, "comments+prints": 0.2})
+    assert parse_style_mix("plain=0.5, comments+answer_var=0.3,comments+prints=0.2") == mix
+    for bad, says in [({"plain": 0.5}, "sum to 1"), ({"plain": 1.0, "shouty": 0.0}, "unknown style"),
+                      ({"plain": 1.5, "comments": -0.5}, r"\[0, 1\]"), ("plain", "style=share"), ({}, "non-empty")]:
+        with pytest.raises(ValueError, match=says):
+            parse_style_mix(bad)
+    ids = [f"p{i}" for i in range(6000)]
+    drawn = [pick_style(i, mix, seed=0) for i in ids]
+    assert drawn == [pick_style(i, mix, seed=0) for i in ids]
+    for style, share in mix:
+        assert abs(drawn.count(style) / len(ids) - share) < 0.02
+    assert drawn != [pick_style(i, mix, seed=1) for i in ids]
+
+
+def test_synth_style_mix_rewrites_every_problem_in_its_style_and_verifies(tmp_path):
+    from stages.common.config import ConfigError
+    from stages.common.data import read_jsonl
+    from stages.common.pot import extract_program
+    from stages.common.pot_style import apply_style, parse_style_mix, pick_style
+    from stages.synth import main
+
+    mix = {"plain": 0.4, "comments": 0.3, "comments+prints+answer_var": 0.3}
+    cfg = tmp_path / "mix.yaml"
+    cfg.write_text(json.dumps({"problems": ["arith:train:150", "arith:train:50:0:levels=4"],
+                               "teachers": ["reference"], "decontaminate": [], "seed": 0, "style_mix": mix}))
+    out = main(["--config", str(cfg), "--run", "mix", "--runs_dir", str(tmp_path / "runs")])
+    rows = read_jsonl(out / "verified.jsonl", "verified")
+    metrics = json.loads((out / "metrics.json").read_text())["teachers"]["reference"]
+    assert len(rows) == 200  # every rewrite still prints the gold answer
+    parsed = parse_style_mix(mix)
+    references = {p["id"]: p["program"] for p in
+                  generate_problems(150, "train", seed=0) + generate_problems(50, "train", seed=0, levels=(4,))}
+    counts = {style: 0 for style in mix}
+    for r in rows:
+        style = pick_style(r["id"], parsed, 0)
+        counts[style] += 1
+        assert extract_program(r["completion"]) == apply_style(references[r["id"]], style, r["id"]).strip("\n")
+    assert {f"rewritten_{s}": n for s, n in counts.items()} == {
+        k: v for k, v in metrics.items() if k.startswith("rewritten_") and k != "rewritten_unchanged"}
+    assert metrics["rewritten_unchanged"] == 0
+    cfg.write_text(json.dumps({"problems": ["arith:train:5"], "teachers": ["reference"], "style_mix": mix,
+                               "verbose_fraction": 0.5}))
+    with pytest.raises(ConfigError, match="style_mix replaces"):
+        main(["--config", str(cfg), "--run", "bad", "--runs_dir", str(tmp_path / "runs")])

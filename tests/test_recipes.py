@@ -1,5 +1,5 @@
-"""Every shipped recipe parses with its stage's dataclasses (base: chains included), and the
-tiny-verbose variant differs from tiny only where it says."""
+"""Every shipped recipe parses with its stage's dataclasses (base: chains included), and the tiny
+recipe holds a teacher style mix and names both eval splits."""
 
 from __future__ import annotations
 
@@ -41,12 +41,23 @@ def test_recipe_parses(recipe):
     assert _parse(recipe)
 
 
-def test_tiny_verbose_overrides_only_what_it_names():
-    import dataclasses
+def test_tiny_recipe_has_a_teacher_style_mix_and_evaluates_the_usual_and_the_hard_split():
+    from stages.common.data import load_problems
+    from stages.common.pot_style import parse_style_mix, style_features
 
-    for stage in ("synth", "sft", "prm", "grpo", "length_rl", "eval"):
-        base = _parse(Path("recipes/tiny") / f"{stage}.yaml")
-        variant = _parse(Path("recipes/tiny-verbose") / f"{stage}.yaml")
-        diff = {f.name for b, v in zip(base, variant, strict=True) for f in dataclasses.fields(b)
-                if getattr(b, f.name) != getattr(v, f.name)}
-        assert diff == {"synth": {"verbose_fraction"}, "sft": {"seed"}}.get(stage, set()), (stage, diff)
+    (synth,) = _parse(Path("recipes/tiny/synth.yaml"))
+    mix = parse_style_mix(synth.style_mix)
+    verbose = sum(share for style, share in mix if {"comments", "prints", "answer_var"} & set(style_features(style)))
+    assert 0.5 < verbose < 1.0  # most programs carry something to strip, some are already concise
+    hard_in_sft = [src for src in synth.problems if "levels=4" in src]
+    assert hard_in_sft and all(src.startswith("arith:train:") for src in synth.problems)
+    usual, hard = "arith:test:500", "arith:test:300:0:levels=4"
+    for stage in ("sft", "grpo", "length_rl"):
+        args = _parse(Path("recipes/tiny") / f"{stage}.yaml")[0]
+        assert args.eval_data == [usual, hard], stage
+    (evaluation,) = _parse(Path("recipes/tiny/eval.yaml"))
+    assert evaluation.eval_sets[:2] == [usual, hard]
+    for stage in ("grpo", "length_rl"):
+        args = _parse(Path("recipes/tiny") / f"{stage}.yaml")[0]
+        levels = {row["level"] for src in args.train_data for row in load_problems(src)[:8]}
+        assert levels == {1, 2, 3, 4}, (stage, levels)  # hard problems mixed with usual ones

@@ -89,13 +89,20 @@ def test_gold_answer_takes_bare_answers_and_marked_solutions() -> None:
         ("\\text{18 cm}", 18, False),
         ("−3", -3, False),
         ("18 apples.", 18, False),
+        ("9 (apples)", 9, False),
+        ("2.5 (cups of flour)", Fraction(5, 2), False),
+        ("25% (of the class)", 25, True),
+        ("6\\frac{1}{4}", Fraction(25, 4), False),
+        ("12\u2009345", 12345, False),
+        ("10\\,000", 10000, False),
     ],
 )
 def test_parse_number(text: str, value: Fraction | int, pct: bool) -> None:
     assert parse_number(text) == (Fraction(value), pct)
 
 
-@pytest.mark.parametrize("text", ["1,5", "18 or 19", "18 or more", "3 times", "18x", "3i", "(x+1)^2", "1/0", "abc", ""])
+@pytest.mark.parametrize("text", ["1,5", "18 or 19", "18 or more", "3 times", "18x", "3i", "(x+1)^2", "1/0", "abc", "",
+                                  "9 (or 10)", "9 (x)", "18 for the", "x^2\\frac{1}{2}"])
 def test_parse_number_refuses_what_is_not_just_a_number(text: str) -> None:
     assert parse_number(text) is None
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import pickle
+import socket
 from types import SimpleNamespace
 
 import pytest
 
-from rewards.functions import PRMBonus, problem_text
+import rewards.lengths as lengths
+from rewards.functions import COSINE_MAX_LENGTH, PRMBonus, problem_text
 from rewards.lengths import Ramp, completion_lengths, cosine_length_reward, dapo_overlong_penalty
 from rewards.registry import REWARDS, get_reward_funcs
 from stages.common.steps import split_solution
@@ -118,8 +122,8 @@ def test_brevity_only_correct() -> None:
 
 def test_token_lengths_from_a_tokenizer(tmp_path) -> None:
     # a real byte-level BPE tokenizer, trained here (stages.common.tiny's builder imports torch: slow)
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415
-    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # deferred: heavy import
+    from transformers import PreTrainedTokenizerFast  # deferred: heavy import
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -136,8 +140,6 @@ def test_token_lengths_from_a_tokenizer(tmp_path) -> None:
 
 
 def test_whitespace_fallback_warns(caplog) -> None:
-    import rewards.lengths as lengths  # noqa: PLC0415
-
     lengths._warned_whitespace = False
     with caplog.at_level(logging.WARNING, logger="rewards.lengths"):
         assert completion_lengths(["a b  c", conv("d e")]) == [3, 2]
@@ -169,6 +171,15 @@ def test_dapo_overlong() -> None:
     assert f(["p"] * 2, ["a", "b"], completion_ids=[[0] * 85, [0] * 10]) == pytest.approx([-0.25, 0.0])
 
 
+def test_dapo_overlong_without_a_soft_zone_is_a_hard_cut_off() -> None:
+    assert [dapo_overlong_penalty(n, 100, 0) for n in (0, 99, 100, 101)] == [0.0, 0.0, 0.0, -1.0]
+    (f,) = get_reward_funcs(["dapo_overlong"], dapo_overlong={"max_length": 100, "cache_length": 0})
+    assert f(["p"] * 3, ["a", "b", "c"], completion_ids=[[0] * 100, [0] * 101, [0] * 5]) == [0.0, -1.0, 0.0]
+    for bad in ({"max_length": 100, "cache_length": -1}, {"max_length": 100, "cache_length": 101}):
+        with pytest.raises(ValueError, match="0 <= cache_length <= max_length"):
+            get_reward_funcs(["dapo_overlong"], dapo_overlong=bad)
+
+
 def test_cosine_length() -> None:
     assert cosine_length_reward(0, True, 100) == pytest.approx(1.0)
     assert cosine_length_reward(50, True, 100) == pytest.approx(0.75)
@@ -179,6 +190,13 @@ def test_cosine_length() -> None:
     (f,) = get_reward_funcs(["cosine_length"], mode="cot", cosine_length={"max_length": 100})
     out = f(["p"] * 3, ["#### 4", "#### 5", "#### 4"], answer=["4", "4", "x="], completion_ids=[[0] * 50] * 3)
     assert out[:2] == pytest.approx([0.75, -0.75]) and out[2] is None
+
+
+def test_cosine_length_default_max_length() -> None:
+    (f,) = get_reward_funcs(["cosine_length"], mode="cot")  # open-r1's cosine_max_len
+    assert f.max_length == COSINE_MAX_LENGTH == 1000
+    out = f(["p"] * 2, ["#### 4", "#### 4"], answer=["4", "4"], completion_ids=[[0] * 500, [0] * 1000])
+    assert out == pytest.approx([0.75, -1.0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +274,7 @@ def test_prm_bonus_loads_a_checkpoint_lazily() -> None:
 
 
 def _kimi_rank(rank: int, port: int, queue) -> None:
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist  # deferred: heavy import
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -271,9 +289,6 @@ def _kimi_rank(rank: int, port: int, queue) -> None:
 
 @pytest.mark.slow
 def test_kimi_length_gathers_groups_across_processes() -> None:
-    import multiprocessing  # noqa: PLC0415
-    import socket  # noqa: PLC0415
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -293,7 +308,6 @@ def test_kimi_length_gathers_groups_across_processes() -> None:
 
 def test_reward_functions_pickle() -> None:
     # TRL's async GRPO sends reward functions to a child process
-    import pickle  # noqa: PLC0415
 
     funcs = get_reward_funcs(["cot_correctness", "brevity", "prm_bonus", "kimi_length"], mode="cot",
                              prm_bonus={"prm": "runs/nowhere/prm/latest"}, scorer_factory=_PathScorer)

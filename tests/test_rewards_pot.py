@@ -5,6 +5,7 @@ batches the real one runs."""
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from rewards import score_pot
 from rewards.cli import main as cli_main
 from rewards.registry import get_reward_funcs
-from sandbox import get_sandbox
+from sandbox import Sandbox, SandboxConfig, get_sandbox
 from stages.common.pot import format_completion
 from stages.common.steps import split_solution
 
@@ -105,16 +106,12 @@ def test_cli_pot_mode(tmp_path: Path, capsys) -> None:
 
 
 def test_a_program_that_never_ends_is_wrong_not_stuck() -> None:
-    from sandbox import Sandbox, SandboxConfig  # noqa: PLC0415
-
     with Sandbox(SandboxConfig(timeout_s=0.5, workers=1)) as sb:
         (s,) = score_pot([format_completion("while True:\n    pass\nprint(1)")], ["1"], sb)
     assert (s.correct, s.status) == (False, "timeout")
 
 
 def test_pickled_reward_opens_the_sandbox_again(sandbox: Any) -> None:
-    import pickle  # noqa: PLC0415
-
     (f,) = get_reward_funcs(["pot_correctness"], sandbox=sandbox)
     g = pickle.loads(pickle.dumps(f))
     assert g.sandbox is None  # get_sandbox() on the next call

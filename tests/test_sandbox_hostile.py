@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -344,16 +345,34 @@ with Sandbox(cfg) as sb:
 """
 
 
+def _private_ancestor(path: str) -> str | None:
+    """The highest folder above ``path`` that other users cannot enter (no o+x), if any."""
+    parts = Path(path).parts
+    for i in range(2, len(parts)):
+        folder = os.path.join(*parts[:i])
+        try:
+            if not os.stat(folder).st_mode & stat.S_IXOTH:
+                return folder
+        except OSError:
+            return None
+    return None
+
+
 def _unprivileged_command() -> list[str]:
-    """A shell that runs the test's Python as nobody: the interpreter may live under /root
-    (pyenv), which nobody cannot enter, so a private mount namespace re-binds it under a
-    world-readable tmpfs first."""
-    binds = sorted({p for p in (sys.base_prefix, sys.prefix) if p.startswith("/root/")})
+    """A shell that runs the test's Python as nobody. The interpreter (pyenv under /root), the
+    venv and the repository may lie below a folder nobody cannot enter (/root, a private
+    ``mktemp -d`` folder holding the clone), so a private mount namespace re-binds each of them
+    at its own path under a world-readable tmpfs laid over that folder first."""
+    needed = {str(REPO), sys.base_prefix, sys.prefix}
+    needed = {os.path.abspath(p) for p in needed} | {os.path.realpath(p) for p in needed}
+    binds = sorted(p for p in needed if _private_ancestor(p))
+    binds = [p for p in binds if not any(p.startswith(q + "/") for q in binds)]  # a folder inside another goes along
+    hidden = sorted({_private_ancestor(p) for p in binds})
     lines = ["set -e"]
     for i, p in enumerate(binds):
         lines += [f'mkdir -p "$STASH/{i}"', f'mount --bind "{p}" "$STASH/{i}"']
-    if binds:
-        lines.append("mount -t tmpfs -o mode=0755 tmpfs /root")
+    for folder in hidden:
+        lines.append(f'mount -t tmpfs -o mode=0755 tmpfs "{folder}"')
     for i, p in enumerate(binds):
         lines += [f'mkdir -p "{p}"', f'mount --move "$STASH/{i}" "{p}"']
     lines.append('exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all '
@@ -366,7 +385,7 @@ def test_hostile_corpus_unprivileged(mode: str):
     if os.geteuid() != 0 or not shutil.which("setpriv") or not shutil.which("unshare"):
         pytest.skip("switching to an unprivileged user needs root, setpriv and unshare")
     h = make_harness()
-    stash = tempfile.mkdtemp(prefix="mf-stash-")
+    stash = tempfile.mkdtemp(prefix="mf-stash-", dir="/tmp")  # not below a folder the tmpfs hides
     try:
         progs = {"corpus": {n: h.fill(n) for n in UNPRIVILEGED_SUBSET},
                  "state_set": h.fill("state_set"), "state_check": h.fill("state_check")}

@@ -204,3 +204,15 @@ def test_tiny_recipe_feeds_sft(tmp_path):
     assert main(argv) == out  # complete: skipped
     sft_rows = load_solution_rows([stage_ref("@synth", tmp_path / "runs" / "r")], seed=0)
     assert len(sft_rows) == 300 and sft_rows[0]["completion"] == rows[0]["completion"]
+
+
+def test_a_source_with_a_field_mapping(tmp_path):
+    # a benchmark's own field names, mapped in the recipe's source: read, ids kept, the file hashed
+    src = write_jsonl(tmp_path / "bench.jsonl", [{"uid": "q1", "body": "Tom has 2 cats.", "ask": "How many cats?",
+                                                  "gold": "2 (cats)"}])
+    out = run_stage(tmp_path, problems=[f"{src}?question={{body}} {{ask}}&answer=gold&id=uid"], teachers=["reference"])
+    rejected = read_jsonl(out / "rejected.jsonl")
+    assert [(r["id"], r["question"], r["answer"], r["reason"]) for r in rejected] == [
+        ("q1", "Tom has 2 cats. How many cats?", "2 (cats)", "no reference program")]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [i["path"] for i in manifest["inputs"]] == [str(src)]

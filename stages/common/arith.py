@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stages.common.pot import SYSTEM_PROMPT, format_completion
+from stages.common.pot_style import apply_style
 
 SPLITS = ("train", "test")
 LEVELS = (1, 2, 3, 4)
@@ -408,6 +409,40 @@ def generate_problems(
     return rows
 
 
+def problems_from_spec(spec: str, seed: int = 0) -> list[dict]:
+    """Problems of a source spec's part after ``arith:``: ``<split>[:n[:seed]][:levels=L[,L...]]``.
+
+    ``n`` defaults to 500 and ``seed`` to the caller's; ``levels`` (default 1,2,3, the SFT data's)
+    names the numbers of operations, so ``test:300:0:levels=4`` is the hard held-out split: one
+    operation more than the usual data, never sharing a computation with any train problem.
+    ValueError names what is wrong.
+    """
+    parts = spec.split(":")
+    options = {}
+    positional = []
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if sep:
+            if key not in ("levels",):
+                raise ValueError(f"unknown option {key!r} (known: levels)")
+            options[key] = value
+        elif options:
+            raise ValueError(f"{part!r} comes after an option; write <split>[:n[:seed]][:levels=...]")
+        else:
+            positional.append(part)
+    if not positional or positional[0] not in SPLITS or len(positional) > 3:
+        raise ValueError(f"expected <split>[:n[:seed]][:levels=...] with split one of {SPLITS}, got {spec!r}")
+    try:
+        n = int(positional[1]) if len(positional) > 1 and positional[1] else 500
+        s = int(positional[2]) if len(positional) > 2 and positional[2] else seed
+        levels = tuple(int(x) for x in options["levels"].split(",")) if "levels" in options else (1, 2, 3)
+    except ValueError as e:
+        raise ValueError(f"n, seed and levels must be integers in {spec!r}") from e
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    return generate_problems(n, split=positional[0], seed=s, levels=levels)
+
+
 def write_split(
     path: str | os.PathLike, n: int, split: str = "train", seed: int = 0,
     levels: Sequence[int] = (1, 2, 3),
@@ -423,16 +458,24 @@ def write_split(
     return path
 
 
+# The program styles of the tokenizer's corpus, in turn: a chat teacher's styles
+# (stages.common.pot_style), so that comment words and prints are tokens of their own, as they are
+# in a real model's vocabulary, rather than runs of bytes.
+CORPUS_STYLES = ("plain", "comments+answer_var", "plain", "comments+prints+answer_var")
+
+
 def corpus_text(n: int = 3000, seed: int = 0) -> str:
-    """Text to train the tokenizer on: the task's questions and completions inside the ChatML
-    layout that the chat template produces, with the system prompt, so that the tokenizer
-    spends its vocabulary on exactly what the model reads and writes."""
+    """Text to train the tokenizer on: the task's questions and completions (the programs in the
+    teacher styles of ``CORPUS_STYLES``) inside the ChatML layout that the chat template produces,
+    with the system prompt, so that the tokenizer spends its vocabulary on exactly what the model
+    reads and writes."""
     parts = []
-    for row in generate_problems(n, "train", seed, levels=LEVELS):
+    for i, row in enumerate(generate_problems(n, "train", seed, levels=LEVELS)):
+        program = apply_style(row["program"], CORPUS_STYLES[i % len(CORPUS_STYLES)], row["id"]) or row["program"]
         parts.append(
             f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
             f"<|im_start|>user\n{row['question']}<|im_end|>\n"
-            f"<|im_start|>assistant\n{format_completion(row['program'])}<|im_end|>\n"
+            f"<|im_start|>assistant\n{format_completion(program)}<|im_end|>\n"
         )
     return "".join(parts)
 

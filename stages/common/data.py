@@ -17,6 +17,7 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,133 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Problem sources: "arith:<split>[:n[:seed]]", "gsm8k:<split>[:n]", or a jsonl path.
+# Problem sources: "arith:<split>[:n[:seed]][:levels=...]", "gsm8k:<split>[:n]", or a jsonl path, optionally
+# with a field mapping: "<path>?question={Body} {Question}&answer=Answer".
+
+_TEMPLATE_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
+_OPTION_START_RE = re.compile(r"\?(?=\w+=)")
+_OPTION_SPLIT_RE = re.compile(r"&(?=\w+=)")
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Where the rows of a jsonl keep a Problem's fields, for a benchmark with other field names.
+
+    Each of ``question``, ``answer`` and ``id`` is a field name (a dotted path reaches into nested
+    objects: ``meta.answer``) or a template joining fields, ``"{Body} {Question}"`` (``{{`` and
+    ``}}`` are literal braces). A string or number field is used as text. Without ``id``, a row's
+    ``id`` field is the id when it has one, else ``<file stem>-<line - 1>``. An ``answer`` holding a
+    worked solution that ends in ``#### x`` gives the gold ``x`` (and ``solution``), as a raw GSM8K
+    row does. Written after a jsonl path in a problem source: ``data/svamp.jsonl?question={Body}
+    {Question}&answer=Answer`` (a recipe's data lists, eval's ``eval_sets``)."""
+
+    question: str = "question"
+    answer: str = "answer"
+    id: str | None = None
+
+    KEYS = ("question", "answer", "id")
+
+    @classmethod
+    def parse(cls, options: str, source: str = "<source>") -> FieldMap:
+        """``question=...&answer=...[&id=...]`` (the part of a source after ``?``)."""
+        values: dict[str, str] = {}
+        for option in _OPTION_SPLIT_RE.split(options):
+            key, eq, value = option.partition("=")
+            if not eq or key not in cls.KEYS:
+                raise DataFormatError(source, None, None, f"field mapping option {option!r:.60} is not one of "
+                                                          f"{', '.join(k + '=...' for k in cls.KEYS)}")
+            if key in values:
+                raise DataFormatError(source, None, None, f"field mapping gives '{key}' twice")
+            if not value.strip():
+                raise DataFormatError(source, None, None, f"field mapping '{key}=' names no field")
+            values[key] = value
+        return cls(**values)
+
+    def spec(self) -> str:
+        """The options as written after ``?`` in a source (inverse of :meth:`parse`)."""
+        return "&".join(f"{k}={getattr(self, k)}" for k in self.KEYS if getattr(self, k) is not None)
+
+    def apply(self, row: Any, path: str | os.PathLike, line: int) -> dict:
+        """The Problem fields of one row (``id``, ``question``, ``answer``, maybe ``solution``)."""
+        if not isinstance(row, dict):
+            raise DataFormatError(path, line, None, f"expected a JSON object, got {type(row).__name__}")
+        question = _render(self.question, row, path, line)
+        answer = _render(self.answer, row, path, line)
+        if self.id is not None:
+            ident = _render(self.id, row, path, line)
+        elif isinstance(row.get("id"), str | int) and not isinstance(row["id"], bool) and str(row["id"]).strip():
+            ident = str(row["id"])
+        else:
+            ident = f"{Path(path).stem}-{line - 1}"
+        out = {"id": ident, "question": question, "answer": answer}
+        if "####" in answer:
+            try:
+                out["answer"], out["solution"] = gsm8k_gold(answer), answer
+            except ValueError as e:
+                raise DataFormatError(path, line, self.answer, str(e)) from e
+        return out
+
+
+def _field_value(row: dict, name: str, path: str | os.PathLike, line: int) -> str:
+    value: Any = row
+    if name in row:
+        value = row[name]
+    else:
+        for part in name.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise DataFormatError(path, line, name, "is missing")
+            value = value[part]
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise DataFormatError(path, line, name, f"expected a string or a number, got {type(value).__name__} "
+                                                f"{value!r:.60}")
+    return str(value)
+
+
+def _render(template: str, row: dict, path: str | os.PathLike, line: int) -> str:
+    """A field's text, or a template's with each ``{field}`` filled in."""
+    if "{" not in template and "}" not in template:
+        return _field_value(row, template, path, line)
+
+    def fill(m: re.Match) -> str:
+        if m.group(0) in ("{{", "}}"):
+            return m.group(0)[0]
+        return _field_value(row, m.group(1).strip(), path, line)
+
+    return _TEMPLATE_RE.sub(fill, template).strip()
+
+
+def split_source(source: str) -> tuple[str, FieldMap | None]:
+    """A problem source without its field mapping, and the mapping (None without one). A file
+    whose name holds ``?`` is taken as it is."""
+    if Path(source).exists():
+        return source, None
+    m = _OPTION_START_RE.search(source)
+    if m is None:
+        return source, None
+    return source[: m.start()], FieldMap.parse(source[m.end():], source)
+
+
+def source_file(source: str) -> Path | None:
+    """The jsonl file of a jsonl problem source (with or without a field mapping), for input
+    hashes and existence checks; None for ``arith:``/``gsm8k:`` sources and missing files."""
+    path, _ = split_source(source)
+    return Path(path) if Path(path).is_file() else None
+
+
+def source_files(source: str) -> list[str]:
+    """The files a problem source reads, for the manifest's input hashes: a jsonl file (with or
+    without a field mapping), or the local GSM8K split file; none for ``arith:`` (generated)."""
+    file = source_file(source)
+    if file is not None:
+        return [str(file)]
+    kind, _, rest = source.partition(":")
+    if kind == "gsm8k" and rest:
+        local = gsm8k_dir()
+        split = rest.split(":")[0]
+        if local is not None and (local / f"{split}.jsonl").is_file():
+            return [str(local / f"{split}.jsonl")]
+    return []
+
 
 _GSM8K_FINAL_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 
@@ -231,42 +358,51 @@ def load_gsm8k(split: str) -> list[dict]:
     return rows
 
 
-def load_problems(source: str, *, seed: int = 0) -> list[dict]:
+def load_problems(source: str, *, seed: int = 0, fields: FieldMap | None = None) -> list[dict]:
     """Problems from a source spec:
 
-    - ``arith:<split>[:n[:seed]]``: the embedded arithmetic task (``stages.common.arith``);
+    - ``arith:<split>[:n[:seed]][:levels=L[,L...]]``: the embedded arithmetic task
+      (``stages.common.arith``; ``levels=4`` is its hard split);
     - ``gsm8k:<split>[:n]``: GSM8K (local copy or hub);
-    - a path to a jsonl of Problem rows, or of raw GSM8K rows (``answer`` ending in ``#### x``).
-    """
-    kind, _, rest = source.partition(":")
-    if kind == "arith" and rest:
+    - a path to a jsonl of Problem rows, or of raw GSM8K rows (``answer`` ending in ``#### x``);
+    - a jsonl path with a field mapping, ``<path>?question=<field or template>&answer=<field>
+      [&id=<field>]`` (:class:`FieldMap`), for rows with other field names.
 
-        parts = rest.split(":")
-        n = int(parts[1]) if len(parts) > 1 and parts[1] else 500
-        s = int(parts[2]) if len(parts) > 2 and parts[2] else seed
-        return arith.generate_problems(n, split=parts[0], seed=s)
+    ``fields`` is the mapping of a jsonl source that carries none of its own.
+    """
+    path, own = split_source(source)
+    kind, _, rest = path.partition(":")
+    if own is not None and not Path(path).is_file() and kind in ("arith", "gsm8k"):
+        raise DataFormatError(source, None, None, "a field mapping applies to a jsonl file, not to arith: or gsm8k:")
+    fields = own or fields
+    if kind == "arith" and rest:
+        try:
+            return arith.problems_from_spec(rest, seed=seed)
+        except ValueError as e:
+            raise DataFormatError(source, None, None, f"is not a valid arith source: {e}") from e
     if kind == "gsm8k" and rest and not Path(source).exists():
         split, _, n = rest.partition(":")
         rows = load_gsm8k(split)
         return rows[: int(n)] if n else rows
     rows = []
-    for lineno, r in iter_jsonl(source):
-        if isinstance(r, dict) and "id" not in r and isinstance(r.get("answer"), str) and "####" in r["answer"]:
+    for lineno, r in iter_jsonl(path):
+        if fields is not None:
+            r = fields.apply(r, path, lineno)
+        elif isinstance(r, dict) and "id" not in r and isinstance(r.get("answer"), str) and "####" in r["answer"]:
             try:
-                r = {"id": f"{Path(source).stem}-{lineno - 1}", "question": r.get("question"),
+                r = {"id": f"{Path(path).stem}-{lineno - 1}", "question": r.get("question"),
                      "answer": gsm8k_gold(r["answer"]), "solution": r["answer"]}
             except ValueError as e:
-                raise DataFormatError(source, lineno, "answer", str(e)) from e
-        rows.append(validate_row(r, PROBLEM, source, lineno))
+                raise DataFormatError(path, lineno, "answer", str(e)) from e
+        rows.append(validate_row(r, PROBLEM, path, lineno))
     return rows
 
 
-
-def load_gold_problems(sources: list[str], *, seed: int, needed_by: str) -> list[dict]:
-    """Problems of every source for a stage that checks answers (``needed_by`` names it in the
-    error); a problem without a gold answer is an error naming its source and line, as is a set
-    with no problem at all."""
-    problems: list[dict] = []
+def load_gold_problems(sources: list[str], *, seed: int, needed_by: str) -> dict[str, list[dict]]:
+    """The problems of every source, by source, for a stage that checks answers (``needed_by``
+    names it in the error); a problem without a gold answer is an error naming its source and
+    line, as is a set with no problem at all."""
+    by_source: dict[str, list[dict]] = {}
     for src in sources:
         rows = load_problems(src, seed=seed)
         for lineno, row in enumerate(rows, start=1):
@@ -274,8 +410,8 @@ def load_gold_problems(sources: list[str], *, seed: int, needed_by: str) -> list
             if not isinstance(gold, str) or not gold.strip():
                 # load_problems validates jsonl rows already; this guards the other sources too
                 raise DataFormatError(src, lineno, "answer", f"problem has no gold answer; {needed_by} needs one")
-        problems += rows
-    if not problems:
+        by_source[src] = rows
+    if not any(by_source.values()):
         raise DataFormatError(",".join(sources) or "train_data", None, None,
                               f"holds no problem; {needed_by} needs problems with gold answers")
-    return problems
+    return by_source

@@ -40,10 +40,12 @@ from stages.common.modeling import materialize_parent
 from stages.harness.arguments import PolicyTrainingArguments
 from stages.harness.policy import (
     Policy,
+    check_golds,
     eval_deltas,
     evaluate_policy,
     input_files,
     load_policy,
+    parent_eval,
     save_policy,
 )
 
@@ -274,7 +276,9 @@ def _prepare_policy_stage(configs: StageConfigs, stage: str) -> dict[str, list[d
     args.train_data = [stage_ref(s, args.run_dir) for s in args.train_data]
     args.eval_data = [stage_ref(s, args.run_dir) for s in args.eval_data if s.lower() != "none"]
     seed = getattr(configs.training, "seed", 0)
-    return {src: load_problems(src, seed=seed) for src in args.eval_data}
+    eval_sets = {src: load_problems(src, seed=seed) for src in args.eval_data}
+    check_golds(eval_sets)
+    return eval_sets
 
 
 def run_stage(stage: Stage, argv: list[str] | None = None) -> Path | None:
@@ -315,7 +319,13 @@ def _build_policy(stage: Stage, ctx: StageContext, plan: StagePlan, eval_sets: d
     ctx.policy = load_policy(ctx.parent.path, ctx.configs.model)
     metrics: dict[str, Any] = {}
     if eval_sets and args.eval_before:
-        metrics["eval_before"], _ = evaluate_policy(ctx.policy, eval_sets, args, label="parent")
+        reused = parent_eval(ctx.parent.manifest.get("metrics") if ctx.parent.manifest else None, eval_sets, args)
+        if reused is not None:
+            log.info("parent pass@1: the parent's own measurement on the same problems and decoding (%s)",
+                     ", ".join(f"{s} {100 * m['pass@1']:.1f}%" for s, m in reused.items()))
+            metrics["eval_before"] = reused
+        else:
+            metrics["eval_before"], _ = evaluate_policy(ctx.policy, eval_sets, args, label="parent")
     result = stage.build(ctx, plan)
     metrics.update(result.metrics)
     model = result.model if result.model is not None else ctx.policy.model

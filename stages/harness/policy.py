@@ -4,6 +4,7 @@ the same decoding is compared everywhere."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Sequence
@@ -12,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from rewards import score_pot
+from rewards.scoring import warn_unreadable_golds
 from stages.common import modeling
 from stages.common.checkpoint import resolve_parent
-from stages.common.data import DataFormatError
+from stages.common.data import DataFormatError, source_files
 from stages.common.generation import chat_prompts, generate
 from stages.common.stats import wilson_interval
 
@@ -50,8 +52,9 @@ def synth_file(folder: str | Path) -> Path:
 
 
 def input_files(sources: Sequence[str], name: str = "verified.jsonl") -> list[str]:
-    """The files that data sources read (for the manifest's input hashes): a file as it is, a
-    checkpoint folder's ``name``; generated sources (``arith:...``) read no file."""
+    """The files that data sources read (for the manifest's input hashes): a checkpoint folder's
+    ``name``, a jsonl file (field mapping or not), the local GSM8K split; generated sources
+    (``arith:...``) read no file."""
     files = []
     for src in sources:
         p = Path(src)
@@ -60,8 +63,8 @@ def input_files(sources: Sequence[str], name: str = "verified.jsonl") -> list[st
             f = Path(parent.path) / name
             if f.is_file():
                 files.append(str(f))
-        elif p.is_file():
-            files.append(str(p))
+        else:
+            files += source_files(src)
     return files
 
 
@@ -86,9 +89,12 @@ def sample_solutions(policy: Policy, problems: Sequence[dict], *, n: int, temper
 
 def pass_at_1(rows: Sequence[dict]) -> dict[str, Any]:
     """pass@1 with its 95% Wilson interval, mean completion tokens and the failure shares of
-    scored rows (``correct`` None, an unreadable gold, counts as not solved and is reported)."""
+    scored rows. A row whose gold cannot be read (``correct`` None) is left out of ``n`` and
+    counted in ``unreadable_gold``, as eval does: it is neither solved nor failed."""
+    unreadable = sum(r["correct"] is None for r in rows)
+    rows = [r for r in rows if r["correct"] is not None]
     n = len(rows)
-    k = sum(r["correct"] is True for r in rows)
+    k = sum(r["correct"] for r in rows)
     lo, hi = wilson_interval(k, n)
     return {
         "n": n,
@@ -97,8 +103,15 @@ def pass_at_1(rows: Sequence[dict]) -> dict[str, Any]:
         "mean_completion_tokens": sum(r["n_tokens"] for r in rows) / n if n else 0.0,
         "no_program_rate": sum(r["status"] == "no_code" for r in rows) / n if n else 0.0,
         "exec_error_rate": sum(r["status"] not in ("ok", "no_code") for r in rows) / n if n else 0.0,
-        "unreadable_gold": sum(r["correct"] is None for r in rows),
+        "unreadable_gold": unreadable,
     }
+
+
+def check_golds(problems_by_source: dict[str, list[dict]]) -> dict[str, int]:
+    """How many gold answers of each source cannot be read; a source with any gets one warning
+    with an example (``rewards.warn_unreadable_golds``): their problems are scored None, never 0."""
+    return {source: warn_unreadable_golds([p["answer"] for p in problems], source)
+            for source, problems in problems_by_source.items()}
 
 
 def evaluate_pot(policy: Policy, problems: Sequence[dict], *, max_new_tokens: int = 256, batch_size: int = 32,
@@ -112,6 +125,30 @@ def evaluate_pot(policy: Policy, problems: Sequence[dict], *, max_new_tokens: in
     return pass_at_1(details), details
 
 
+def eval_identity(problems: Sequence[dict], args: Any) -> dict[str, Any]:
+    """What makes two pass@1 measurements of the same weights the same: the problems and the
+    greedy decoding budget and batching."""
+    ids = "\n".join(f"{p['id']}\t{p['answer']}" for p in problems)
+    return {"problems_sha256": hashlib.sha256(ids.encode()).hexdigest(), "max_new_tokens": args.eval_max_new_tokens,
+            "batch_size": args.eval_batch_size, "decoding": "greedy"}
+
+
+def parent_eval(parent_metrics: dict | None, eval_sets: dict[str, list[dict]], args: Any) -> dict[str, dict] | None:
+    """The parent checkpoint's own after-training pass@1 on exactly these eval sets, problems and
+    decoding (its ``metrics.json``), or None when any set differs: measuring the same weights on the
+    same problems the same way again would give the same numbers."""
+    found = (parent_metrics or {}).get("eval")
+    if not isinstance(found, dict):
+        return None
+    out = {}
+    for source, problems in eval_sets.items():
+        m = found.get(source)
+        if not isinstance(m, dict) or m.get("identity") != eval_identity(problems, args):
+            return None
+        out[source] = {**m, "reused_from_parent": True}
+    return out
+
+
 def evaluate_policy(policy: Policy, eval_sets: dict[str, list[dict]], args: Any, *,
                     label: str = "policy") -> tuple[dict[str, dict], list[dict]]:
     """Greedy PoT pass@1 on each eval set (``args.eval_max_new_tokens``, ``args.eval_batch_size``):
@@ -123,6 +160,7 @@ def evaluate_policy(policy: Policy, eval_sets: dict[str, list[dict]], args: Any,
         metrics, rows = evaluate_pot(policy, problems, max_new_tokens=args.eval_max_new_tokens,
                                      batch_size=args.eval_batch_size)
         metrics["wall_s"] = round(time.perf_counter() - t0, 3)
+        metrics["identity"] = eval_identity(problems, args)
         out[source] = metrics
         details += [{"eval_set": source, **r} for r in rows]
         log.info("%s pass@1 on %s (%d problems): %.1f%% (mean %.1f completion tokens)", label, source,

@@ -28,7 +28,7 @@ from stages.common.data import load_gold_problems
 from stages.common.modeling import peft_config
 from stages.common.pot import build_messages
 from stages.harness import PolicyTrainingArguments, Stage, StageConfigs, StageContext, StagePlan, StageResult
-from stages.harness.policy import input_files
+from stages.harness.policy import check_golds, input_files
 from stages.rl_lib.trainer import TimedGRPOTrainer
 
 log = logging.getLogger("mathforge.rl")
@@ -153,7 +153,9 @@ def prepare(configs: StageConfigs, *, scorer_factory: Any = None) -> StagePlan:
         if importlib.util.find_spec("vllm") is None:
             raise ConfigError("use_vllm is true but vllm is not installed: install the [vllm] extra, or pass "
                               "--use_vllm false")
-    problems = load_gold_problems(args.train_data, seed=cfg.seed, needed_by="GRPO")
+    by_source = load_gold_problems(args.train_data, seed=cfg.seed, needed_by="GRPO")
+    check_golds(by_source)
+    problems = [p for rows in by_source.values() for p in rows]
     if args.max_train_samples:
         problems = problems[: args.max_train_samples]
     options = parse_reward_options(args.reward_options)

@@ -18,18 +18,20 @@ from sandbox import get_sandbox
 from stages.common.chat import LocalChat, OpenAIChat, ResponseCache
 from stages.common.checkpoint import stage_ref
 from stages.common.config import ConfigError
-from stages.common.data import DataFormatError, gsm8k_dir, load_problems, read_jsonl
+from stages.common.data import DataFormatError, load_problems, read_jsonl, source_files, split_source
 from stages.common.modeling import load_tokenizer
 from stages.common.pot import SYSTEM_PROMPT, extract_program, format_completion, program_key
-from stages.harness import StageArguments, StageConfigs, StageContext, StagePlan, StageResult
-from stages.synth_lib.gsm8k_pot import convert
-from stages.synth_lib.hygiene import Decontaminator, Removed, decontaminate, dedup_problems
-from stages.synth_lib.pot_style import (
+from stages.common.pot_style import (
     add_explanation,
     add_step_comments,
     chosen_for_rewrite,
     inline_single_use,
+    parse_style_mix,
+    restyle_candidates,
 )
+from stages.harness import StageArguments, StageConfigs, StageContext, StagePlan, StageResult
+from stages.synth_lib.gsm8k_pot import convert
+from stages.synth_lib.hygiene import Decontaminator, Removed, decontaminate, dedup_problems
 from stages.synth_lib.teachers import (
     ChatTeacher,
     GSM8KAnnotationTeacher,
@@ -88,7 +90,7 @@ class SynthArguments(StageArguments):
     sandbox_timeout_s: float = field(default=5.0, metadata={"help": "Wall-clock limit of one program run."})
     concise_fraction: float = field(default=0.0, metadata={
         "help": "Share of problems (a seeded draw per problem id) whose programs are rewritten shorter by "
-                "stages.synth_lib.pot_style.inline_single_use before verification: the data gets a spread of lengths "
+                "stages.common.pot_style.inline_single_use before verification: the data gets a spread of lengths "
                 "for length-aware RL and concise/verbose pairs for DPO."})
     concise_mode: str = field(default="literals", metadata={
         "help": "literals: inline variables bound to a number; all: every single-use variable."})
@@ -98,6 +100,11 @@ class SynthArguments(StageArguments):
     verbose_mode: str = field(default="explanation", metadata={
         "help": "explanation: a comment line after the program (pot_style.add_explanation); comments: a "
                 "comment line before every statement (pot_style.add_step_comments)."})
+    style_mix: dict | str | None = field(default=None, metadata={
+        "help": "Teacher styles and their shares, e.g. {plain: 0.35, comments: 0.25, comments+answer_var: 0.25, "
+                "comments+prints+answer_var: 0.15}: each problem's programs are rewritten in one style (a seeded draw "
+                "per problem id) by stages.common.pot_style.apply_style before verification. Replaces "
+                "concise_fraction and verbose_fraction (set neither with it)."})
     normalize_completions: bool = field(default=True, metadata={
         "help": "Keep only the program block of a verified completion (drop the teacher's prose)."})
     # hygiene
@@ -116,25 +123,11 @@ class SynthArguments(StageArguments):
 # Inputs, validated before anything is written
 
 
-def _source_files(src: str) -> list[str]:
-    """The files a problem source reads (for the manifest's input hashes)."""
-    p = Path(src)
-    if p.is_file():
-        return [str(p)]
-    kind, _, rest = src.partition(":")
-    if kind == "gsm8k" and rest:
-        local = gsm8k_dir()
-        split = rest.split(":")[0]
-        if local is not None and (local / f"{split}.jsonl").is_file():
-            return [str(local / f"{split}.jsonl")]
-    return []
-
-
 def load_all_problems(sources: list[str], seed: int) -> list[dict]:
     problems: list[dict] = []
     where: dict[str, str] = {}
     for src in sources:
-        if not src.startswith(("arith:", "gsm8k:")) and not Path(src).exists():
+        if not src.startswith(("arith:", "gsm8k:")) and not Path(split_source(src)[0]).exists():
             raise DataFormatError(src, None, None, "does not exist (expected a jsonl file, arith:... or gsm8k:...)")
         for p in load_problems(src, seed=seed):
             if p["id"] in where:
@@ -234,6 +227,13 @@ def prepare(configs: StageConfigs) -> StagePlan:
         raise ConfigError(f"verbose_mode must be explanation or comments, got {args.verbose_mode!r}")
     if args.concise_mode not in ("literals", "all"):
         raise ConfigError(f"concise_mode must be literals or all, got {args.concise_mode!r}")
+    if args.style_mix:
+        if args.concise_fraction > 0 or args.verbose_fraction > 0:
+            raise ConfigError("style_mix replaces concise_fraction and verbose_fraction: set only one of them")
+        try:
+            args.style_mix = dict(parse_style_mix(args.style_mix))
+        except ValueError as e:
+            raise ConfigError(f"style_mix: {e}") from e
     problems = load_all_problems(args.problems, args.seed)
     if args.max_problems:
         problems = problems[: args.max_problems]
@@ -241,7 +241,7 @@ def prepare(configs: StageConfigs) -> StagePlan:
     eval_sets = {src: [p["question"] for p in load_problems(src, seed=args.seed)] for src in args.decontaminate}
     cache_dir = default_cache_dir(args)
     build_teachers(args, cache_dir, few_shot, check_only=True)
-    inputs = [f for src in args.problems + args.decontaminate for f in _source_files(src)]
+    inputs = [f for src in args.problems + args.decontaminate for f in source_files(src)]
     if args.few_shot and Path(args.few_shot).is_file():
         inputs.append(args.few_shot)
     decon = Decontaminator(eval_sets, n=args.decontamination_ngram) if eval_sets else None
@@ -344,7 +344,7 @@ def synthesize(ctx: StageContext, args: SynthArguments, problems: list[dict], fe
             stats["rounds"] += 1
             asked.update(p["id"] for p in todo)
             candidates = list(teacher.propose(todo, list(range(rnd * n, (rnd + 1) * n))))
-            if args.concise_fraction > 0 or args.verbose_fraction > 0:
+            if args.concise_fraction > 0 or args.verbose_fraction > 0 or args.style_mix:
                 for style, count in _rewrite_style(candidates, args).items():
                     stats[f"rewritten_{style}"] = stats.get(f"rewritten_{style}", 0) + count
             stats["candidates"] += len(candidates)
@@ -407,8 +407,11 @@ def synthesize(ctx: StageContext, args: SynthArguments, problems: list[dict], fe
 
 
 def _rewrite_style(candidates: list, args: SynthArguments) -> dict[str, int]:
-    """Rewrite the candidates of the problems drawn for the concise or the verbose style (in
-    place, before verification); the counts. A problem drawn for both gets the concise style."""
+    """Rewrite the candidates of the problems drawn for a teacher style (``style_mix``), or for the
+    concise or the verbose style (in place, before verification); the counts. A problem drawn for
+    both concise and verbose gets the concise style."""
+    if args.style_mix:
+        return restyle_candidates(candidates, args.style_mix, args.seed)
     done = {style: 0 for style, share in (("concise", args.concise_fraction), ("verbose", args.verbose_fraction))
             if share > 0}
     for c in candidates:
