@@ -41,7 +41,7 @@ def verbose_solutions(path: Path, n: int) -> Path:
     """Verified rows of ``n`` embedded-task problems, each program with a comment per statement."""
     from stages.common.data import load_problems, write_jsonl
     from stages.common.pot import format_completion
-    from stages.synth_lib.pot_style import add_step_comments
+    from stages.common.pot_style import add_step_comments
 
     rows = []
     for p in load_problems(f"arith:train:{n}:7", seed=0):

@@ -13,9 +13,10 @@ RECIPES = sorted(p.relative_to(REPO) for p in (REPO / "recipes").glob("*/*.yaml"
 
 def _types(stage: str):
     from transformers import TrainingArguments
-    from trl import GRPOConfig, ModelConfig, SFTConfig
+    from trl import DPOConfig, GRPOConfig, ModelConfig, SFTConfig
 
     from eval.gsm8k import EvalArguments
+    from stages.dpo_lib.stage import DPOStageArguments
     from stages.prm_lib.stage import PRMStageArguments
     from stages.rl_lib.stage import RLStageArguments
     from stages.sft import SFTStageArguments
@@ -24,14 +25,15 @@ def _types(stage: str):
     return {"synth": (SynthArguments,), "sft": (SFTStageArguments, SFTConfig, ModelConfig),
             "prm": (PRMStageArguments, TrainingArguments, ModelConfig),
             "grpo": (RLStageArguments, GRPOConfig, ModelConfig),
-            "length_rl": (RLStageArguments, GRPOConfig, ModelConfig), "eval": (EvalArguments,)}[stage]
+            "length_rl": (RLStageArguments, GRPOConfig, ModelConfig), "eval": (EvalArguments,),
+            "dpo": (DPOStageArguments, DPOConfig, ModelConfig)}[stage]
 
 
 def _parse(path: Path):
     from stages.common.config import parse_config
 
     extra = ["--bf16", "false"] if path.stem not in ("synth", "eval") else []
-    if path.stem in ("sft", "prm", "grpo", "length_rl"):
+    if path.stem in ("sft", "prm", "grpo", "length_rl", "dpo"):
         extra += ["--use_cpu", "true"]
     return parse_config(_types(path.stem), ["--config", str(REPO / path), *extra])
 
@@ -52,7 +54,7 @@ def test_tiny_recipe_has_a_teacher_style_mix_and_evaluates_the_usual_and_the_har
     hard_in_sft = [src for src in synth.problems if "levels=4" in src]
     assert hard_in_sft and all(src.startswith("arith:train:") for src in synth.problems)
     usual, hard = "arith:test:500", "arith:test:300:0:levels=4"
-    for stage in ("sft", "grpo", "length_rl"):
+    for stage in ("sft", "grpo", "dpo", "length_rl"):
         args = _parse(Path("recipes/tiny") / f"{stage}.yaml")[0]
         assert args.eval_data == [usual, hard], stage
     (evaluation,) = _parse(Path("recipes/tiny/eval.yaml"))
