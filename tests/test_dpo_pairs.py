@@ -81,7 +81,7 @@ def test_strip_margin():
 
 
 def test_sampled_pairs_shortest_against_longest_correct_sample():
-    samples = [solution("p1", PLAIN), solution("p1", VERBOSE), solution("p1", PLAIN + "# same program\n"),
+    samples = [solution("p1", PLAIN), solution("p1", VERBOSE), solution("p1", PLAIN), solution("p1", PLAIN + "# c\n"),
                solution("p1", "print(9)\n", correct=False)]
     pairs, dropped = build(samples, mix={"sampled": 1.0, "strip": 0.0})
     (pair,) = pairs

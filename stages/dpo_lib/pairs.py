@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rewards import score_pot
-from stages.common.pot import extract_program, format_completion, program_key
+from stages.common.pot import extract_program, format_completion
 from stages.dpo_lib.strip import FEATURES, strip_program
 
 KINDS = ("strip", "sampled", "correct_vs_wrong", "revised", "file")  # "file": a pair file's rows without a kind
@@ -92,17 +92,15 @@ def group_by_problem(solutions: Iterable[dict], drops: Drops, kinds: Iterable[st
 
 
 def _distinct_correct(group: list[dict]) -> list[dict]:
-    """The correct solutions of a problem, one per distinct program (the first of each)."""
+    """The correct solutions of a problem, each distinct completion once (two samples that differ
+    only in comments are distinct: that difference is what a pair teaches)."""
     seen: set[str] = set()
     out = []
     for s in group:
-        if s["correct"] is not True:
+        text = s["completion"].strip()
+        if s["correct"] is not True or text in seen:
             continue
-        program = extract_program(s["completion"])
-        key = program_key(program) if program else s["completion"]
-        if key in seen:
-            continue
-        seen.add(key)
+        seen.add(text)
         out.append(s)
     return out
 
