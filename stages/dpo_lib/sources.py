@@ -73,6 +73,8 @@ def read_sources(sources: list[str], run_dir: Path, *, required: bool = True) ->
     with a warning; anything else missing is an error."""
     data = SourceData()
     for src in sources:
+        if src.lower() == "none":  # the policy's own samples only (sample_problems)
+            continue
         p = Path(src)
         if p.is_file():
             if _is_pair_file(p):

@@ -51,7 +51,8 @@ class DPOStageArguments(PolicyTrainingArguments):
 
     train_data: list[str] = field(default_factory=lambda: ["@synth"], metadata={
         "help": "Pair sources: checkpoint folders ('@synth', '@evolve', '@revise': their pairs.jsonl, verified.jsonl, "
-                "discarded.jsonl) or jsonl files (pair rows with chosen/rejected, or Verified solutions)."})
+                "discarded.jsonl) or jsonl files (pair rows with chosen/rejected, or Verified solutions); 'none' for "
+                "the policy's own samples only (sample_problems)."})
     sources_required: bool = field(default=True, metadata={
         "help": "With false, an '@<stage>' source whose stage has no checkpoint in this run yet is left out with a "
                 "warning (a recipe that reads @revise when revise may not have run); with true, that is an error."})
