@@ -13,6 +13,8 @@ results (``<checkpoint>/eval/*/results.json``, see ``eval.results``) and trainer
 - training curves (loss, reward terms, KL, completion length) from each trainer log;
 - data yields (rows of every data artifact, and the yield figures a stage reports);
 - PRM metrics (the numbers a ``prm`` checkpoint reports in [0, 1]);
+- DPO: TRL's reward margins and accuracies over the steps of each ``dpo`` checkpoint, and its pairs
+  per kind;
 - the checkpoint lineage (stage, version, parent, config hash, times);
 - links to each checkpoint's TensorBoard event files (``report_to: tensorboard``).
 
@@ -464,6 +466,47 @@ def md_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def dpo_section(ckpts: list[Checkpoint], assets: Path) -> tuple[str, list[str], list[dict], str]:
+    """The dpo stage's panel: TRL's reward margins and reward accuracies over the training steps of
+    each dpo checkpoint (``log_history.json``), and a table of its pairs per kind with the first
+    and last logged margin and accuracy."""
+    title, note = "DPO preference pairs", "no dpo checkpoint in this run"
+    dpo = [c for c in ckpts if c.stage == "dpo"]
+    rows: list[dict] = []
+    for c in dpo:
+        pairs = c.metrics.get("pairs", {})
+        logged = c.metrics.get("dpo", {})
+        row: dict[str, Any] = {"checkpoint": c.label, "pairs": pairs.get("total")}
+        row.update({f"pairs {kind}": n for kind, n in pairs.get("trained", {}).items()})
+        row.update({"chosen tokens": pairs.get("mean_chosen_tokens"), "rejected tokens": pairs.get("mean_rejected_tokens")})
+        for when in ("first", "last"):
+            for key in ("rewards/margins", "rewards/accuracies"):
+                row[f"{key.split('/')[1]} ({when})"] = logged.get(when, {}).get(key)
+        rows.append(row)
+    series = [(c, [e for e in c.log_history if "step" in e and "rewards/margins" in e]) for c in dpo]
+    series = [(c, logs) for c, logs in series if logs]
+    if not series:
+        return title, [], rows, note
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    for c, logs in series:
+        steps = [e["step"] for e in logs]
+        axes[0].plot(steps, [e["rewards/margins"] for e in logs], marker=".", lw=1, label=c.label)
+        axes[1].plot(steps, [e.get("rewards/accuracies") for e in logs], marker=".", lw=1, label=c.label)
+    for ax, what in zip(axes, ("reward margin (chosen - rejected)", "reward accuracy (chosen > rejected)"),
+                        strict=True):
+        ax.set_title(what, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[1].set_ylim(0, 1.05)
+    fig.suptitle("DPO: implicit rewards of chosen against rejected")
+    fig.tight_layout()
+    fig.savefig(assets / "dpo.png", dpi=100)
+    plt.close(fig)
+    return title, [f"{ASSETS}/dpo.png"], rows, note
+
+
 _SCRIPT = """<script>
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
@@ -520,6 +563,7 @@ def build(run_dir: Path) -> tuple[Path, Path]:
     sections.append(evolve_section(ckpts, assets))
     sections.append(("Pass@1 with repair", [], repair_rows(ckpts),
                      "no evaluation with repair (python -m eval.gsm8k --model <checkpoint> --repair --prm <prm>)"))
+    sections.append(dpo_section(ckpts, assets))
     sections.append(("Checkpoint lineage", img("lineage.png", plot_lineage(lin, assets / "lineage.png")), lin,
                      "no complete checkpoint in this run"))
 

@@ -13,9 +13,10 @@ RECIPES = sorted(p.relative_to(REPO) for p in (REPO / "recipes").glob("*/*.yaml"
 
 def _types(stage: str):
     from transformers import TrainingArguments
-    from trl import GRPOConfig, ModelConfig, SFTConfig
+    from trl import DPOConfig, GRPOConfig, ModelConfig, SFTConfig
 
     from eval.gsm8k import EvalArguments
+    from stages.dpo_lib.stage import DPOStageArguments
     from stages.evolve_lib.stage import EvolveArguments
     from stages.prm_lib.stage import PRMStageArguments
     from stages.revise_lib.stage import ReviseArguments
@@ -28,14 +29,15 @@ def _types(stage: str):
             "grpo": (RLStageArguments, GRPOConfig, ModelConfig),
             "length_rl": (RLStageArguments, GRPOConfig, ModelConfig), "eval": (EvalArguments,),
             "evolve": (EvolveArguments, SFTConfig, ModelConfig),
-            "revise": (ReviseArguments, SFTConfig, ModelConfig)}[stage]
+            "revise": (ReviseArguments, SFTConfig, ModelConfig),
+            "dpo": (DPOStageArguments, DPOConfig, ModelConfig)}[stage]
 
 
 def _parse(path: Path):
     from stages.common.config import parse_config
 
     extra = ["--bf16", "false"] if path.stem not in ("synth", "eval") else []
-    if path.stem in ("sft", "prm", "grpo", "length_rl", "evolve", "revise"):
+    if path.stem in ("sft", "prm", "grpo", "length_rl", "evolve", "revise", "dpo"):
         extra += ["--use_cpu", "true"]
     return parse_config(_types(path.stem), ["--config", str(REPO / path), *extra])
 
@@ -56,7 +58,7 @@ def test_tiny_recipe_has_a_teacher_style_mix_and_evaluates_the_usual_and_the_har
     hard_in_sft = [src for src in synth.problems if "levels=4" in src]
     assert hard_in_sft and all(src.startswith("arith:train:") for src in synth.problems)
     usual, hard = "arith:test:500", "arith:test:300:0:levels=4"
-    for stage in ("sft", "grpo", "evolve", "length_rl"):
+    for stage in ("sft", "grpo", "evolve", "revise", "dpo", "length_rl"):
         args = _parse(Path("recipes/tiny") / f"{stage}.yaml")[0]
         assert args.eval_data == [usual, hard], stage
     (evaluation,) = _parse(Path("recipes/tiny/eval.yaml"))
