@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -126,6 +127,7 @@ def main() -> int:
         for kind in order:
             seconds[kind].append(kinds[kind](rep) if kind == "stage" else kinds[kind]())
             print(f"round {rep + 1}/{reps} {kind}: {seconds[kind][-1]:.3f} s for {steps} steps", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     tok_s = {k: tokens / statistics.median(v) for k, v in seconds.items()}
 
     details = {"steps": steps, "reps": reps, "tokens": tokens, "params": n_params, "threads": torch.get_num_threads(),
