@@ -2,6 +2,11 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# make bench: quick runs; BENCH_FULL=1 for the full ones, BENCH_CHECK=1 to exit 1 on a missed target,
+# BENCH_ARGS for anything else bench/run_all.py takes (e.g. BENCH_ARGS="--only sft_throughput").
+BENCH_FULL ?=
+BENCH_CHECK ?=
+BENCH_ARGS ?=
 
 .PHONY: install test test-fast demo bench lint
 install:
@@ -18,7 +23,7 @@ demo: install
 	./run_pipeline.sh
 
 bench: install
-	@set -e; for b in bench/*.py; do echo "== $$b"; $(PY) $$b --quick; done
+	$(PY) bench/run_all.py $(if $(BENCH_FULL),--full) $(if $(BENCH_CHECK),--check) $(BENCH_ARGS)
 
 lint: install
 	$(PY) -m ruff check .

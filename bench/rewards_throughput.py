@@ -1,6 +1,7 @@
 """Throughput of answer checking and of the PoT correctness reward, against baselines of the same run.
 
-    .venv/bin/python bench/rewards_throughput.py [--numeric 100000] [--symbolic 60] [--batch 256] [--reps 5] [--check]
+    .venv/bin/python bench/rewards_throughput.py [--quick] [--numeric 100000] [--symbolic 60] [--batch 256] [--reps 5]
+        [--check] [--json PATH]
 
 1. Numeric path: ``is_equivalent`` on GSM8K gold answers against predictions dressed as models
    and programs write them (``18``, ``18.0``, ``$1,080``, ``18 dollars``, wrong values), pinned to
@@ -17,12 +18,12 @@
    calculator annotations of GSM8K test solutions): the ``pot_correctness`` TRL reward against
    ``sandbox.run_many`` of the same programs alone. Target: reward / sandbox < 2.
 
+``--quick``: 20,000 numeric pairs, 20 symbolic checks, 3 repetitions of the PoT batch.
 ``--check`` exits 1 when a target is missed.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -33,7 +34,9 @@ from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Figure, finish, parser  # noqa: E402
 
 from rewards import is_equivalent  # noqa: E402
 from rewards.registry import get_reward_funcs  # noqa: E402
@@ -60,10 +63,7 @@ SYMBOLIC_PAIRS = [
 ]
 
 
-def _gsm8k_rows() -> list[dict]:
-    d = gsm8k_dir()
-    if d is None:
-        sys.exit("GSM8K not found: set MATHFORGE_GSM8K_DIR")
+def _gsm8k_rows(d: Path) -> list[dict]:
     return [json.loads(line) for line in (d / "test.jsonl").read_text(encoding="utf-8").splitlines() if line]
 
 
@@ -122,7 +122,7 @@ def bench_numeric(rows: list[dict], n: int) -> dict:
 
         rate = _rate(ours)
         forms = bench_forms(n)
-        from math_verify import parse, verify  # noqa: PLC0415
+        from math_verify import parse, verify  # deferred: heavy, and timed after our path
 
         sample = pairs[:300]
 
@@ -150,7 +150,7 @@ def bench_symbolic(n: int) -> dict:
     worker_s = (time.perf_counter() - t0) / n
     checker.close()
 
-    from math_verify import parse, verify  # noqa: PLC0415
+    from math_verify import parse, verify  # deferred: heavy
 
     verify(parse("$\\frac{(x+1)^2}{2}$"), parse("$x^2/2+x+1/2$"))  # the same warm-up the worker does
     t0 = time.perf_counter()
@@ -176,8 +176,8 @@ def pot_batch(rows: list[dict], size: int) -> tuple[list[str], list[str]]:
 
 
 def bench_pot_reward(rows: list[dict], size: int, reps: int) -> dict:
-    from sandbox import get_sandbox  # noqa: PLC0415
-    from stages.common.pot import extract_program  # noqa: PLC0415
+    from sandbox import get_sandbox  # deferred: an ImportError here skips this part
+    from stages.common.pot import extract_program
 
     completions, golds = pot_batch(rows, size)
     programs = [extract_program(c) for c in completions]
@@ -200,14 +200,19 @@ def bench_pot_reward(rows: list[dict], size: int, reps: int) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__.split("\n\n")[0])
     ap.add_argument("--numeric", type=int, default=100_000, help="numeric pairs per timing pass")
     ap.add_argument("--symbolic", type=int, default=60, help="symbolic checks")
     ap.add_argument("--batch", type=int, default=256, help="PoT completions in the reward batch")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the PoT batch (median)")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = ap.parse_args()
-    rows = _gsm8k_rows()
+    if args.quick:
+        args.numeric, args.symbolic, args.reps = min(args.numeric, 20_000), min(args.symbolic, 20), min(args.reps, 3)
+    data = gsm8k_dir()
+    if data is None:
+        return finish(args, "rewards_throughput", [], skipped="GSM8K not found (../shared/data/gsm8k or "
+                                                                "$MATHFORGE_GSM8K_DIR)")
+    rows = _gsm8k_rows(data)
 
     num = bench_numeric(rows, args.numeric)
     print(f"numeric  : {num['checks_per_s']:,.0f} checks/s on one core (target >= {NUMERIC_TARGET:,}: "
@@ -219,21 +224,27 @@ def main() -> int:
     print(f"symbolic : {sym['worker_ms_per_check']:.2f} ms/check in the worker vs "
           f"{sym['in_process_ms_per_check']:.2f} ms in-process math-verify (x{sym['overhead_ratio']:.2f}); "
           f"worker start {sym['worker_startup_s']:.2f} s; same verdicts: {sym['same_verdicts']}")
-    results = {"numeric": num, "symbolic": sym}
-    ok = num["met"]
+    figures = [
+        Figure("numeric checks", num["checks_per_s"], "checks/s", num["math_verify_checks_per_s"],
+               "math-verify in-process", target=NUMERIC_TARGET, target_of="value"),
+        Figure("symbolic check in the worker", sym["worker_ms_per_check"], "ms/check",
+               sym["in_process_ms_per_check"], "math-verify in-process"),
+    ]
+    details = {"numeric": num, "symbolic": sym}
     try:
         pot = bench_pot_reward(rows, args.batch, args.reps)
     except ImportError as e:
         print(f"pot      : skipped, the sandbox is not importable ({e})")
-        ok = False
+        figures.append(Figure("pot_correctness reward batch", float("nan"), "s", note=f"sandbox not importable: {e}",
+                              target=REWARD_RATIO_TARGET, direction="<="))
     else:
         print(f"pot      : reward over {pot['batch']} completions {pot['reward_s'] * 1e3:.0f} ms vs sandbox batch "
               f"alone {pot['sandbox_s'] * 1e3:.0f} ms: x{pot['ratio']:.2f} (target < {REWARD_RATIO_TARGET}: "
               f"{'met' if pot['met'] else 'MISSED'}); correct share {pot['correct_share']:.2f}")
-        results["pot"] = pot
-        ok = ok and pot["met"]
-    print(json.dumps(results))
-    return 0 if ok or not args.check else 1
+        details["pot"] = pot
+        figures.append(Figure("pot_correctness reward batch", pot["reward_s"], "s", pot["sandbox_s"],
+                              "sandbox.run_many alone", target=REWARD_RATIO_TARGET, direction="<="))
+    return finish(args, "rewards_throughput", figures, details)
 
 
 if __name__ == "__main__":

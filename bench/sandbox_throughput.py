@@ -1,6 +1,6 @@
 """Sandbox throughput and limits, as ratios against baselines measured in the same run.
 
-    python bench/sandbox_throughput.py [--quick] [--n 100000] [--workers N] [--json OUT.json]
+    .venv/bin/python bench/sandbox_throughput.py [--quick] [--n 100000] [--workers N] [--check] [--json PATH]
 
 Targets (issue 3): trivial PoT programs at >= 1,000 executions/s on two cores with full
 isolation, >= 20x ``subprocess.run([python, "-c", code])`` and >= 2.5x a human-eval-style
@@ -13,10 +13,8 @@ too, with the rate it implies on idle CPUs.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import json
 import multiprocessing
 import os
 import subprocess
@@ -26,7 +24,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import ATMOST, Figure, finish, parser  # noqa: E402
 
 from sandbox import Sandbox, SandboxConfig  # noqa: E402
 
@@ -183,13 +183,11 @@ def verdict(ok: bool) -> str:
 # --- the benchmark ---------------------------------------------------------------------------
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer programs everywhere (a smoke run)")
+    ap = parser(__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=None, help="executions for the memory check (default 100000; "
                                                          "10000 with --quick)")
     ap.add_argument("--workers", type=int, default=None, help="sandbox workers and baseline threads "
                                                               "(default: the CPUs available)")
-    ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
     q = args.quick
     n_trivial, n_trivial_base, n_he, n_sympy, n_sympy_base = (
@@ -318,9 +316,22 @@ def main() -> int:
           f"(target: flat, < 5 MB) {verdict(growth < 5 and tgrowth < 5)}")
     figures["load_after"] = os.getloadavg()
     print(f"\nload average after: {figures['load_after'][0]:.1f}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-    return 0
+    t, sy = figures["trivial"], figures["sympy"]
+    results = [
+        Figure("trivial program vs python -c", t["sandbox_per_s"], "runs/s", t["python_c_per_s"], "python -c",
+               target=20),
+        Figure("trivial program vs multiprocessing.Process", t["sandbox_per_s"], "runs/s", t["humaneval_per_s"],
+               "multiprocessing.Process", target=2.5),
+        Figure("trivial programs, rate (best of measured and CPU-projected)",
+               max(t["sandbox_per_s"], t["projected_idle_per_s"]), "runs/s", target=1000 * workers / 2,
+               target_of="value"),
+        Figure("sympy program vs python -c", sy["sandbox_per_s"], "runs/s", sy["python_c_per_s"], "python -c",
+               target=10),
+        Figure("1 s time limit, caller's wait", worst_seen, "s", target=1.2, direction=ATMOST, target_of="value"),
+        Figure("memory growth, caller", growth, "MB", target=5, direction=ATMOST, target_of="value"),
+        Figure("memory growth, templates", tgrowth, "MB", target=5, direction=ATMOST, target_of="value"),
+    ]
+    return finish(args, "sandbox_throughput", results, figures)
 
 
 def sp_answer(i: int):

@@ -1,6 +1,6 @@
 """Yield and wall time of the synth stage with the ``gsm8k-annotations`` teacher on GSM8K train.
 
-    .venv/bin/python bench/synth_gsm8k.py [--quick] [--check]
+    .venv/bin/python bench/synth_gsm8k.py [--quick] [--check] [--json PATH]
 
 Runs ``python -m stages.synth`` as a fresh process (interpreter start, imports, conversion,
 hygiene with 13-gram decontamination against GSM8K test, sandbox verification, writing the
@@ -14,7 +14,6 @@ Targets (issue 5): yield >= 95% of the 7,473 problems, whole run < 120 s on two 
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -22,8 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import ATMOST, REPO, Figure, finish, parser  # noqa: E402
 
 from stages.common.data import gsm8k_dir  # noqa: E402
 
@@ -32,14 +32,12 @@ WALL_TARGET_S = 120.0
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="first 1,000 problems only")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    ap = parser(__doc__.split("\n\n")[0])
     args = ap.parse_args()
     data = gsm8k_dir()
     if data is None:
-        print("GSM8K local copy not found (../shared/data/gsm8k or $MATHFORGE_GSM8K_DIR)", file=sys.stderr)
-        return 2
+        return finish(args, "synth_gsm8k", [], skipped="GSM8K local copy not found (../shared/data/gsm8k or "
+                                                         "$MATHFORGE_GSM8K_DIR)")
     train = data / "train.jsonl"
     n_limit = 1000 if args.quick else None
     with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
@@ -50,7 +48,7 @@ def main() -> int:
             lines.append(f"max_problems: {n_limit}")
         recipe.write_text("\n".join(lines) + "\n")
 
-        from sandbox import get_sandbox  # noqa: PLC0415
+        from sandbox import get_sandbox  # deferred: only once the data is there
 
         sb = get_sandbox()
         sb.run_many(["print(0)"])  # start the workers outside the timing
@@ -81,8 +79,18 @@ def main() -> int:
     print(f"  inside the stage: {metrics['wall_s']:.1f} s, of which sandbox verification {metrics['verify_s']:.1f} s")
     print(f"  baseline, sandbox running {n} trivial programs: {baseline_s:.1f} s; "
           f"verification / baseline = {metrics['verify_s'] / baseline_s:.2f}")
-    missed = yield_all < YIELD_TARGET or (not args.quick and wall_s >= WALL_TARGET_S)
-    return 1 if (args.check and missed) else 0
+    figures = [
+        Figure("yield (verified / loaded)", yield_all, "", target=YIELD_TARGET, target_of="value"),
+        # --quick runs 1,000 problems: the wall-time target is for the whole train split
+        Figure("whole run, wall time", wall_s, "s", target=None if args.quick else WALL_TARGET_S, direction=ATMOST,
+               target_of="value"),
+        Figure("verification vs trivial programs", metrics["verify_s"], "s", baseline_s,
+               f"sandbox running {n} print(0)"),
+    ]
+    details = {"problems": metrics["problems"], "problems_solved": metrics["problems_solved"],
+               "rejections": metrics["rejections"], "stage_wall_s": metrics["wall_s"],
+               "verify_s": metrics["verify_s"], "baseline_s": baseline_s, "process_wall_s": wall_s}
+    return finish(args, "synth_gsm8k", figures, details)
 
 
 if __name__ == "__main__":
