@@ -33,12 +33,25 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval import results as result_store
+from eval.hooks import StageUnavailable, load_prm, load_repair, prm_solution_scores, resolve_prm
+from eval.metrics import COT, JUDGE_SECONDS, MODES, POT, sample_ks
+from eval.model import BACKENDS, MathforgeModel, load_vllm
+from eval.offline import check_versions, configure_offline, lighteval_patches
+from eval.passk import summarize_samples
+from eval.tasks import TaskSpec, gradable_problems, problems_of, slug, tasks_module
+from stages.common.checkpoint import now_iso, package_versions
+from stages.common.config import ConfigError, parse_config
 from stages.common.data import FieldMap, split_source
+from stages.common.modeling import load_causal_lm, load_tokenizer
+from stages.common.stats import wilson_interval
+from stages.harness.lifecycle import setup_logging
 
 log = logging.getLogger("mathforge.eval")
 
@@ -113,8 +126,6 @@ NON_SEMANTIC = frozenset({"model", "output_dir", "progress"})
 
 
 def parse_args(argv: list[str] | None = None) -> EvalArguments:
-    from stages.common.config import ConfigError, parse_config  # noqa: PLC0415
-
     try:
         (args,) = parse_config((EvalArguments,), argv, prog="eval.gsm8k")
     except ConfigError as e:
@@ -148,9 +159,6 @@ def mapped_eval_sets(args: EvalArguments) -> list[str]:
 
 def validate(args: EvalArguments) -> None:
     """Refuse a config that cannot run, before anything is loaded."""
-    from eval.metrics import MODES, POT  # noqa: PLC0415
-    from eval.model import BACKENDS  # noqa: PLC0415
-
     problems = []
     if not args.model:
         problems.append("--model is required (a checkpoint, a model folder or a hub id)")
@@ -216,9 +224,6 @@ def semantic_config(args: EvalArguments) -> dict:
 
 def task_specs(args: EvalArguments) -> list:
     """The lighteval tasks of a run: each set in each mode, greedy, plus sampled when K >= 2."""
-    from eval.metrics import COT  # noqa: PLC0415
-    from eval.tasks import TaskSpec  # noqa: PLC0415
-
     specs = []
     for source in args.eval_sets:
         for mode in args.task:
@@ -241,22 +246,22 @@ def run_lighteval(lm: Any, specs: list) -> tuple[dict[str, list], dict[str, dict
     """Evaluate ``specs`` with lighteval's Pipeline on ``lm``; returns (details, aggregated
     metrics), both by lighteval task name (``name|fewshot``). Every process computes the metrics
     (launcher NONE), so every rank holds the judgments the repair and PRM steps need."""
-    import tempfile  # noqa: PLC0415
-
-    import torch  # noqa: PLC0415
-    from lighteval.logging.evaluation_tracker import EvaluationTracker  # noqa: PLC0415
+    import torch  # deferred: heavy import
+    from lighteval.logging.evaluation_tracker import EvaluationTracker  # deferred: heavy import
 
     # lighteval.pipeline imports lighteval's transformers model, whose module body calls
     # torch.set_grad_enabled(False) for the whole process: a stage that evaluates and then trains
     # (or a test session) would silently train nothing. Import it with the grad mode restored.
     grad_mode = torch.is_grad_enabled()
     try:
-        from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters  # noqa: PLC0415
+        from lighteval.pipeline import (  # deferred: heavy import
+            ParallelismManager,
+            Pipeline,
+            PipelineParameters,
+        )
     finally:
         torch.set_grad_enabled(grad_mode)
 
-    from eval.offline import lighteval_patches  # noqa: PLC0415
-    from eval.tasks import tasks_module  # noqa: PLC0415
 
     module = tasks_module(specs)
     with lighteval_patches(), tempfile.TemporaryDirectory(prefix="mathforge-lighteval-") as tmp:
@@ -276,9 +281,6 @@ def _ordered(details: list) -> list:
 
 def greedy_summary(mode: str, rows: list[dict]) -> dict:
     """pass@1 and the completion statistics of greedy rows (the fields evaluate_pot reports)."""
-    from eval.metrics import POT  # noqa: PLC0415
-    from stages.common.stats import wilson_interval  # noqa: PLC0415
-
     n = len(rows)
     k = sum(r["correct"] for r in rows)
     lo, hi = wilson_interval(k, n)
@@ -311,10 +313,6 @@ def detail_rows(spec: Any, details: list, tokenizer: Any, decoding: str) -> list
 def evaluate(args: EvalArguments, model: Any, tokenizer: Any, *, repair_loop: Any = None, prm: Any = None,
              llm: Any = None) -> tuple[dict, dict[str, list[dict]], list[dict]]:
     """Run every task; returns (metrics by set and mode, detail rows by file name, timings)."""
-    from eval.metrics import JUDGE_SECONDS, POT  # noqa: PLC0415
-    from eval.model import MathforgeModel  # noqa: PLC0415
-    from eval.tasks import gradable_problems, slug  # noqa: PLC0415
-
     specs = task_specs(args)
     lm = MathforgeModel(llm if llm is not None else model, tokenizer, name=args.model or "model",
                         batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
@@ -347,16 +345,11 @@ def evaluate(args: EvalArguments, model: Any, tokenizer: Any, *, repair_loop: An
 
 
 def summarize(per_problem: list[list[dict]], n: int, prm_scores: list[list[float]] | None) -> dict:
-    from eval.metrics import sample_ks  # noqa: PLC0415
-    from eval.passk import summarize_samples  # noqa: PLC0415
-
     return summarize_samples(per_problem, sample_ks(n), prm_scores)
 
 
 def prm_step(args: EvalArguments, prm: Any, per_problem: list[list[dict]]) -> list[list[float]]:
     """PRM score of every sample (one batched call), stored in the rows too."""
-    from eval.hooks import prm_solution_scores  # noqa: PLC0415
-
     flat = [r for rows in per_problem for r in rows]
     scores = prm_solution_scores(prm, [r["question"] for r in flat], [r["completion"] for r in flat],
                                  args.prm_aggregation)
@@ -393,10 +386,9 @@ def _mean(values) -> float:
 
 
 def load_model(args: EvalArguments, path: str) -> tuple[Any, Any]:
-    import torch  # noqa: PLC0415
-    from accelerate import PartialState  # noqa: PLC0415
+    import torch  # deferred: heavy import
+    from accelerate import PartialState  # deferred: heavy import
 
-    from stages.common.modeling import load_causal_lm, load_tokenizer  # noqa: PLC0415
 
     tokenizer = load_tokenizer(path, padding_side="left")
     if args.backend == "vllm":
@@ -412,15 +404,13 @@ def init_state() -> Any:
     """accelerate's process state, made first: a bare ``PartialState()`` on a machine without
     CUDA ignores ``accelerate launch``'s CPU processes (every rank would think it is alone and the
     main one); ``cpu=True`` there makes them a gloo process group."""
-    import torch  # noqa: PLC0415
-    from accelerate import PartialState  # noqa: PLC0415
+    import torch  # deferred: heavy import
+    from accelerate import PartialState  # deferred: heavy import
 
     return PartialState(cpu=not torch.cuda.is_available())
 
 
 def main(argv: list[str] | None = None) -> Path | None:
-    from eval.offline import check_versions, configure_offline  # noqa: PLC0415
-
     configure_offline()  # before huggingface_hub / datasets / transformers are imported
     args = parse_args(argv)
     try:
@@ -428,22 +418,17 @@ def main(argv: list[str] | None = None) -> Path | None:
     except RuntimeError as e:
         raise SystemExit(f"eval: {e}") from e
 
-    from eval import results as R  # noqa: PLC0415
-    from eval.hooks import StageUnavailable, load_prm, load_repair, resolve_prm  # noqa: PLC0415
-    from eval.tasks import gradable_problems, problems_of  # noqa: PLC0415
-    from stages.common.checkpoint import now_iso, package_versions  # noqa: PLC0415
-    from stages.harness.lifecycle import setup_logging  # noqa: PLC0415
 
     state = init_state()
     setup_logging()
     if args.backend == "vllm" and state.num_processes > 1:
         raise SystemExit("eval: --backend vllm runs in one process (vLLM parallelises itself); "
                          "launch without accelerate's multi-process config")
-    identity = R.model_identity(args.model)
+    identity = result_store.model_identity(args.model)
     data = {}
     for source in args.eval_sets:
         try:
-            data[source] = R.problems_sha256(problems_of(source)[: args.limit])
+            data[source] = result_store.problems_sha256(problems_of(source)[: args.limit])
             gradable, unreadable = gradable_problems(source, args.limit)
         except (OSError, ValueError) as e:
             raise SystemExit(f"eval: eval set '{source}': {e}") from e
@@ -459,17 +444,17 @@ def main(argv: list[str] | None = None) -> Path | None:
     except StageUnavailable as e:
         raise SystemExit(f"eval: {e}") from e
     if prm_path is not None:  # '@prm' names different checkpoints over time: the key holds the one used
-        config["prm_checkpoint"] = {k: v for k, v in R.model_identity(prm_path).items() if k != "spec"}
+        config["prm_checkpoint"] = {k: v for k, v in result_store.model_identity(prm_path).items() if k != "spec"}
     if args.repair and prm_path is None:
         log.warning("--repair without a PRM (%s): the verifier is the sandbox signal alone (answers whose program "
                     "fails are revised; wrong answers of programs that run are not flagged)",
                     "none given" if not args.prm else f"{args.prm} does not exist in this run")
 
-    root = R.results_root(identity, args.output_dir)
+    root = result_store.results_root(identity, args.output_dir)
     key = None
     if identity["kind"] != "hub":
-        key = R.eval_key(identity, config, data)
-        done = R.find_complete(root, key)
+        key = result_store.eval_key(identity, config, data)
+        done = result_store.find_complete(root, key)
         if done is not None:
             if state.is_main_process:
                 print(f"[eval] already evaluated: {done} (same model, config and data); skipping")
@@ -480,13 +465,12 @@ def main(argv: list[str] | None = None) -> Path | None:
     prm = load_prm(prm_path) if prm_path is not None else None
     llm = None
     if args.backend == "vllm":
-        from eval.model import load_vllm  # noqa: PLC0415
 
         llm = load_vllm(identity["path"], dtype=args.dtype, seed=args.seed)
     if key is None:  # a hub model: its weights are pinned by the commit it resolved to
         identity["commit"] = getattr(getattr(model, "config", None), "_commit_hash", None)
-        key = R.eval_key(identity, config, data)
-        done = R.find_complete(root, key)
+        key = result_store.eval_key(identity, config, data)
+        done = result_store.find_complete(root, key)
         if done is not None:
             if state.is_main_process:
                 print(f"[eval] already evaluated: {done}; skipping")
@@ -495,11 +479,11 @@ def main(argv: list[str] | None = None) -> Path | None:
     metrics, files, timings = evaluate(args, model, tokenizer, repair_loop=repair_loop, prm=prm, llm=llm)
     if not state.is_main_process:
         return None
-    results = {"format": R.FORMAT_VERSION, "key": key, "model": identity, "config": config, "data": data,
+    results = {"format": result_store.FORMAT_VERSION, "key": key, "model": identity, "config": config, "data": data,
                "sets": metrics, "timings": timings, "world_size": state.num_processes,
                "packages": package_versions(), "started_at": started, "finished_at": now_iso(),
                "wall_s": time.perf_counter() - t0}
-    folder = R.publish(root, key, results, files, {"model": args.model, **config})
+    folder = result_store.publish(root, key, results, files, {"model": args.model, **config})
     print_summary(metrics)
     print(f"[eval] wrote {folder}")
     return folder

@@ -28,6 +28,7 @@ from lighteval.models.model_output import ModelResponse
 from lighteval.tasks.requests import SamplingMethod
 
 from eval.passk import majority_index, pass_at_k
+from rewards import score_pot
 
 POT, COT = "pot", "cot"
 MODES = (POT, COT)
@@ -39,8 +40,6 @@ def _texts(response: Any) -> list[str]:
 
 def judge_pot(docs: Sequence[Any], responses: Sequence[Any]) -> None:
     """Execute every sample of every doc in one sandbox batch; store the judgments."""
-    from rewards import score_pot  # noqa: PLC0415 - starts the sandbox on first use
-
     todo = [(d, r) for d, r in zip(docs, responses, strict=True) if not _judged(d, r)]
     if not todo:
         return
@@ -61,7 +60,7 @@ class CotJudge:
     """lighteval's standard GSM8K metric (``Metrics.expr_gold_metric``) applied to each sample."""
 
     def __init__(self) -> None:
-        from lighteval.metrics.metrics import Metrics  # noqa: PLC0415
+        from lighteval.metrics.metrics import Metrics  # deferred: heavy import
 
         self.metric = Metrics.expr_gold_metric.value.sample_level_fn
         # lighteval logs a warning per sample without an extractable answer; the judgments record
@@ -108,7 +107,6 @@ def judge(mode: str, docs: Sequence[Any], responses: Sequence[Any]) -> list[list
 
 class _Judged(SampleLevelComputation):
     """Base of the batched metrics: judge the batch, then reduce each doc's judgments."""
-
     def __init__(self, mode: str) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown eval mode {mode!r}; expected one of {MODES}")

@@ -28,6 +28,7 @@ from lighteval.tasks.prompt_manager import PromptManager
 
 from eval.metrics import POT
 from eval.offline import NoSampleCache
+from stages.common.generation import chat_prompts, generate
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,6 @@ class MathforgeModel(LightevalModel):
 
     def prompts(self, docs: Sequence[Any]) -> list[str]:
         """PoT docs: the shared PoT chat prompt; other docs: lighteval's prompt manager."""
-        from stages.common.generation import chat_prompts  # noqa: PLC0415
-
         pot = [i for i, d in enumerate(docs) if (d.specific or {}).get("mode") == POT]
         out = [""] * len(docs)
         for i, p in zip(pot, chat_prompts(self._tokenizer, [docs[i].specific["question"] for i in pot]), strict=True):
@@ -128,7 +127,6 @@ class MathforgeModel(LightevalModel):
             texts = self._generate_vllm(prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
                                         stops=stops)
         else:
-            from stages.common.generation import generate  # noqa: PLC0415
 
             texts = generate(self.model, self._tokenizer, prompts, max_new_tokens=max_new_tokens,
                              batch_size=self.batch_size, num_return_sequences=n, temperature=temperature,
@@ -137,7 +135,7 @@ class MathforgeModel(LightevalModel):
 
     def _generate_vllm(self, prompts: list[str], *, n: int, max_new_tokens: int, temperature: float,
                        stops: Sequence[str]) -> list[list[str]]:
-        from vllm import SamplingParams  # noqa: PLC0415
+        from vllm import SamplingParams  # deferred: heavy import
 
         params = SamplingParams(n=n, temperature=temperature, top_p=self.top_p if temperature > 0 else 1.0,
                                 max_tokens=max_new_tokens, seed=self.seed, stop=list(stops) or None)
@@ -161,7 +159,7 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
 def load_vllm(path: str, *, dtype: str = "auto", seed: int = 0) -> Any:
     """A vLLM engine for ``path``; a clear error when vLLM is not installed."""
     try:
-        from vllm import LLM  # noqa: PLC0415
+        from vllm import LLM  # deferred: heavy import
     except ImportError as e:
         raise SystemExit("eval: --backend vllm needs vLLM: pip install 'mathforge[vllm]' (on a CUDA machine)") from e
     return LLM(model=path, tokenizer=path, dtype=dtype, seed=seed)

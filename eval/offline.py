@@ -28,8 +28,11 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 from types import ModuleType
 from typing import Any
+
+from packaging.specifiers import SpecifierSet
 
 # package -> (specifier, why); mirrors pyproject.toml
 REQUIRED_VERSIONS: dict[str, tuple[str, str]] = {
@@ -51,10 +54,6 @@ class OfflineSetupError(RuntimeError):
 def check_versions() -> dict[str, str]:
     """Installed versions of the packages in :data:`REQUIRED_VERSIONS`; raises when one is out of
     bounds, naming the package, the bound and the install line."""
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
-
-    from packaging.specifiers import SpecifierSet  # noqa: PLC0415
-
     found: dict[str, str] = {}
     problems = []
     for name, (spec, why) in REQUIRED_VERSIONS.items():
@@ -99,13 +98,12 @@ def configure_offline() -> bool:
 class NoSampleCache:
     """Stands where lighteval's ``SampleCache`` would: ``Pipeline`` calls ``_init_registry`` on the
     model's ``_cache``; nothing is ever stored or looked up, so no stale generation can return."""
-
     def _init_registry(self, registry: Any) -> None:
         self.registry = registry
 
 
 def _load_only_custom(custom_tasks: Any = None, load_multilingual: bool = False) -> dict:
-    from lighteval.tasks.registry import Registry  # noqa: PLC0415
+    from lighteval.tasks.registry import Registry  # deferred: heavy import
 
     if custom_tasks is None:
         return {}
@@ -128,8 +126,8 @@ def lighteval_patches() -> Iterator[None]:
     """Within the block, lighteval's registry loads only the custom task module it is given (no
     built-in task module is imported, so tiny_benchmarks never downloads), and a task whose
     ``hf_repo`` is in :data:`LOCAL_DATASETS` gets its dataset from there instead of the hub."""
-    from lighteval.tasks.lighteval_task import LightevalTask  # noqa: PLC0415
-    from lighteval.tasks.registry import Registry  # noqa: PLC0415
+    from lighteval.tasks.lighteval_task import LightevalTask  # deferred: heavy import
+    from lighteval.tasks.registry import Registry  # deferred: heavy import
 
     saved_load = Registry.__dict__["load_all_task_configs"]
     saved_download = LightevalTask.__dict__["download_dataset_worker"]
@@ -145,7 +143,7 @@ def lighteval_patches() -> Iterator[None]:
 
 def task_registry(tasks: str, module: ModuleType) -> Any:
     """A lighteval ``Registry`` of ``tasks`` from ``module`` alone (for inspection and tests)."""
-    from lighteval.tasks.registry import Registry  # noqa: PLC0415
+    from lighteval.tasks.registry import Registry  # deferred: heavy import
 
     with lighteval_patches():
         return Registry(tasks=tasks, custom_tasks=module)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from rewards import normalize_number
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased estimator of pass@k from n samples of which c are correct (Chen et al., 2021):
@@ -27,7 +29,6 @@ def answer_key(answer: str | None) -> str | None:
     """What answers are grouped by in a vote: the canonical number, else the stripped text."""
     if answer is None or not str(answer).strip():
         return None
-    from rewards import normalize_number  # noqa: PLC0415
 
     text = str(answer).strip()
     return normalize_number(text) or text

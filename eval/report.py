@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.results import read_results
 from stages.common.checkpoint import TENSORBOARD_DIR, run_checkpoints
 from stages.common.data import atomic_write_text
 
@@ -70,8 +71,6 @@ def _read_json(path: Path, default: Any) -> Any:
 
 def collect(run_dir: Path) -> list[Checkpoint]:
     """The run's complete checkpoints, oldest first, with their metrics, logs and evaluations."""
-    from eval.results import read_results  # noqa: PLC0415
-
     out = []
     for m in run_checkpoints(run_dir):
         path = Path(m.pop("path"))
@@ -230,10 +229,10 @@ def _numeric_leaves(obj: Any, prefix: str = "") -> list[tuple[str, float]]:
 
 
 def _plt():
-    import matplotlib  # noqa: PLC0415
+    import matplotlib  # deferred: heavy import
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # deferred: heavy import
 
     return plt
 
@@ -516,7 +515,6 @@ window.addEventListener('load', function () {
   })));
 });
 </script>"""
-
 _STYLE = """<style>
 body { font-family: sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }

@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from stages.common.checkpoint import CheckpointError, resolve_parent, sha256_json
+from stages.common.checkpoint import CheckpointError, resolve_parent, sha256_file, sha256_json
 from stages.common.data import write_json, write_jsonl
 
 EVAL_DIR = "eval"
@@ -56,8 +56,6 @@ def model_identity(spec: str) -> dict[str, Any]:
 
 def folder_sha256(folder: Path) -> str:
     """sha256 over the names and contents of a model folder's weight, config and tokenizer files."""
-    from stages.common.checkpoint import sha256_file  # noqa: PLC0415
-
     files = sorted({p for pat in _WEIGHT_PATTERNS for p in folder.glob(pat) if p.is_file()})
     h = hashlib.sha256()
     for f in files:

@@ -34,6 +34,7 @@ from lighteval.tasks.requests import Doc
 from eval.metrics import COT, MODES, POT, greedy_metrics, sampling_metrics
 from eval.offline import LOCAL_DATASETS
 from rewards.scoring import readable_gold, warn_unreadable_golds
+from stages.common.data import gsm8k_gold, load_problems
 
 GSM8K_REPO = "openai/gsm8k"
 COT_STOP = ("Question:",)  # lighteval's gsm8k task stops there
@@ -84,8 +85,6 @@ def slug(source: str) -> str:
 @lru_cache(maxsize=16)
 def problems_of(source: str) -> tuple[dict, ...]:
     """The Problem rows of a source (cached per process; sources are deterministic)."""
-    from stages.common.data import load_problems  # noqa: PLC0415
-
     return tuple(load_problems(source))
 
 
@@ -109,7 +108,7 @@ def _rows(problems: Any) -> list[dict]:
 def build_dataset(source: str, with_train: bool = True, limit: int | None = None) -> Any:
     """The DatasetDict lighteval reads: ``test`` is the source (its first ``limit`` problems, less
     those whose gold cannot be read), ``train`` GSM8K's train split (the CoT few-shot pool)."""
-    from datasets import Dataset, DatasetDict  # noqa: PLC0415
+    from datasets import Dataset, DatasetDict  # deferred: heavy import
 
     splits = {"test": Dataset.from_list(_rows(gradable_problems(source, limit)[0]))}
     if with_train:
@@ -134,7 +133,6 @@ LOCAL_DATASETS[GSM8K_REPO] = lambda: build_dataset("gsm8k:test", True)
 def _gold(line: dict) -> str:
     if line.get("gold"):
         return str(line["gold"])
-    from stages.common.data import gsm8k_gold  # noqa: PLC0415 - a raw hub row: "... #### 72"
 
     return gsm8k_gold(line["answer"])
 
@@ -153,7 +151,7 @@ def pot_prompt(line: dict, task_name: str | None = None) -> Doc:
 
 def cot_prompt(line: dict, task_name: str | None = None) -> Doc:
     """lighteval's standard GSM8K prompt, with the ids eval needs in ``specific``."""
-    from lighteval.tasks.tasks.gsm8k import gsm8k_prompt  # noqa: PLC0415
+    from lighteval.tasks.tasks.gsm8k import gsm8k_prompt  # deferred: heavy import
 
     doc = gsm8k_prompt({"question": line["question"], "answer": line["answer"]}, task_name)
     doc.specific = _specific(line, COT)

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from stages.common.chat import AnthropicChat, ChatConfigError, ResponseCache
-from stages.prm_lib import labels as L
+from stages.prm_lib import labels
 from stages.prm_lib.labelling import judge_model
 
 SECRET = "sk-ant-test-DO-NOT-LEAK-0987654321"
@@ -124,7 +124,7 @@ def test_anthropic_judge_labels_steps_retries_and_the_cache_makes_a_rerun_free(a
     api.script = {"Q1": ["529", "ok"], "Q2": ["429", "500", "ok"], "Q3": ["garbage", "ok"]}
     chat = _judge(api)
     cache_path = tmp_path / "prm_judge_cache.jsonl"
-    verdicts = L.judge_labels(chat, ResponseCache(cache_path), items)
+    verdicts = labels.judge_labels(chat, ResponseCache(cache_path), items)
     assert verdicts == [[True, False, True], [True, True], [False, True], [True]]
     assert chat.usage.errors == {"http_529": 1, "rate_limited": 1, "http_500": 1, "malformed": 1}
     assert chat.usage.retries == 4 and chat.usage.failed == 0
@@ -134,12 +134,12 @@ def test_anthropic_judge_labels_steps_retries_and_the_cache_makes_a_rerun_free(a
     first = api.bodies[0]
     # temperature goes out only where the installed SDK takes one (newer releases have none)
     assert first["model"] == "claude-sonnet-4-0" and first.get("temperature", 0.0) == 0.0
-    assert first["system"] == L.JUDGE_SYSTEM and [m["role"] for m in first["messages"]] == ["user"]
+    assert first["system"] == labels.JUDGE_SYSTEM and [m["role"] for m in first["messages"]] == ["user"]
     rows = [json.loads(x) for x in cache_path.read_text().splitlines()]
     assert len(rows) == 4 and {r["model"] for r in rows} == {"anthropic:claude-sonnet-4-0"}
     assert SECRET not in cache_path.read_text() and SECRET not in repr(chat)
     before = api.total
-    again = L.judge_labels(_judge(api), ResponseCache(cache_path), items)
+    again = labels.judge_labels(_judge(api), ResponseCache(cache_path), items)
     assert again == verdicts and api.total == before  # nothing paid twice
 
 
@@ -147,13 +147,13 @@ def test_anthropic_samples_n_by_n_requests_and_gives_up_cleanly(api):
     from stages.common.chat import ChatRequest
 
     chat = _judge(api)
-    msgs = L.judge_messages("Q5", ["print(1)"])
+    msgs = labels.judge_messages("Q5", ["print(1)"])
     (resp,) = chat.complete([ChatRequest.of("k", msgs, n=3, temperature=1.7, max_tokens=64)])
     assert len(resp.texts) == 3 and resp.error is None and api.calls["Q5"] == 3  # no n in the API
     assert {b.get("temperature", 1.0) for b in api.bodies} == {1.0}  # the API's range, when sent
     api.script = {"Q6": ["400"], "Q7": ["500"]}
-    bad, down = chat.complete([ChatRequest.of("b", L.judge_messages("Q6", ["x = 1"])),
-                               ChatRequest.of("d", L.judge_messages("Q7", ["x = 1"]))])
+    bad, down = chat.complete([ChatRequest.of("b", labels.judge_messages("Q6", ["x = 1"])),
+                               ChatRequest.of("d", labels.judge_messages("Q7", ["x = 1"]))])
     assert bad.texts == [] and bad.error.startswith("http 400") and api.calls["Q6"] == 1  # not retried
     assert down.texts == [] and "http_500 after 5 attempt(s)" in down.error  # max_retries 4
 

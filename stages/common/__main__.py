@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from stages.common import memory
 from stages.common.checkpoint import MANIFEST, lineage, run_checkpoints
 
 
@@ -65,8 +66,6 @@ def cmd_lineage(path: str, as_json: bool) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["plan-memory"]:
-        from stages.common import memory
-
         return memory.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m stages.common")
     sub = parser.add_subparsers(dest="cmd", required=True)
