@@ -44,7 +44,9 @@ def _assigns(stmt: ast.stmt, name: str) -> bool:
     return isinstance(stmt, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets)
 
 
-class _Substitute(ast.NodeTransformer):
+class SubstituteName(ast.NodeTransformer):
+    """Replace every read of the variable ``name`` with the expression ``value`` (inlining a binding)."""
+
     def __init__(self, name: str, value: ast.expr) -> None:
         self.name, self.value = name, value
 
@@ -81,7 +83,7 @@ def _inline_once(body: list[ast.stmt], literals_only: bool) -> bool:
         value_names = {n.id for n in ast.walk(stmt.value) if isinstance(n, ast.Name)}
         if any(_assigns(body[k], v) for k in range(i + 1, use) for v in value_names):
             continue
-        body[use] = _Substitute(name, stmt.value).visit(body[use])
+        body[use] = SubstituteName(name, stmt.value).visit(body[use])
         del body[i]
         return True
     return False

@@ -28,6 +28,8 @@ import tokenize
 from collections import Counter
 from dataclasses import dataclass, field
 
+from stages.common.pot_style import SubstituteName
+
 FEATURES = ("comments", "docstrings", "prints", "dead_assignments", "aliases")
 
 # Calls whose result depends only on their arguments and that change nothing: an assignment of
@@ -364,16 +366,6 @@ def _stores(node: ast.AST) -> set[str]:
     return names
 
 
-class _Replace(ast.NodeTransformer):
-    def __init__(self, name: str, value: ast.expr) -> None:
-        self.name, self.value = name, value
-
-    def visit_Name(self, node: ast.Name) -> ast.AST:
-        if node.id == self.name and isinstance(node.ctx, ast.Load):
-            return ast.copy_location(self.value, node)
-        return node
-
-
 def _single_use(body: list[ast.stmt], i: int, name: str) -> int | None:
     """Index of the one top-level statement after ``body[i]`` that reads ``name`` (the binding made
     at ``i``), when there is exactly one read of it and nothing rebinds ``name`` before it."""
@@ -411,7 +403,7 @@ def _collapse_aliases(body: list[ast.stmt], changed: set[int]) -> int:
                 *(_stores(s) for s in body[i + 1: use])):
             i += 1
             continue
-        body[use] = _Replace(name, value).visit(body[use])
+        body[use] = SubstituteName(name, value).visit(body[use])
         changed.add(id(body[use]))
         del body[i]
         count += 1
