@@ -13,6 +13,9 @@ Runs the stage in this process (``runpy``, exactly as ``python -m stages.sft ...
   the resident set at once instead of staying in malloc's heap, and oneDNN's primitive cache off
   (``ONEDNN_PRIMITIVE_CACHE_CAPACITY=0``: on CPU it keeps reordered bf16 weights per matmul shape). On CUDA:
   ``torch.cuda.max_memory_allocated`` over the window.
+- ``timeline`` (with ``--timeline MIB``): the resident set each time it has moved by MIB since the last entry,
+  with the main thread's innermost frames, and ``timeline_marks`` (when ``Trainer.train`` began and ended), to
+  see which phase of a step (generation, loss, backward) holds what; times are seconds from the sampler's start.
 - ``plan_bytes``: :func:`stages.common.memory.plan_for_recipe` for the same recipe and overrides, at the
   micro-batch and sequence length the run really had (the largest ``input_ids`` the model saw in training),
   without the CUDA overhead term on CPU.
@@ -27,6 +30,7 @@ import runpy
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,11 +43,17 @@ PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536", "ONEDNN_PRIMITIVE_CACHE_CAPACITY
 class RSSSampler(threading.Thread):
     """Peak resident memory of this process, sampled every ``interval`` seconds."""
 
-    def __init__(self, interval: float = 0.001):
+    def __init__(self, interval: float = 0.001, timeline_step: int = 0):
         super().__init__(daemon=True)
         self.interval = interval
+        self.timeline_step = timeline_step  # bytes; 0: no timeline
+        self.timeline: list[dict] = []
+        self.last = 0  # the resident set at the last timeline entry
+        self.t0 = time.perf_counter()
         self.page = os.sysconf("SC_PAGE_SIZE")
         self.peak = 0
+        self.peak_stack: list[str] = []  # where the main thread was when the peak was sampled
+        self.main = threading.main_thread().ident
         self.stop = threading.Event()
 
     def current(self) -> int:
@@ -60,7 +70,27 @@ class RSSSampler(threading.Thread):
             value = self.current()
             if value > self.peak:
                 self.peak = value
+                frame = sys._current_frames().get(self.main)
+                if frame is not None:
+                    self.peak_stack = [f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno} {f.name}"
+                                       for f in traceback.extract_stack(frame)[-12:]]
+            if self.timeline_step and abs(value - self.last) >= self.timeline_step:
+                self.last = value
+                self.timeline.append({"t": round(self.now(), 3), "rss_bytes": value, "stack": self.frames()})
             time.sleep(self.interval)
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def frames(self, depth: int = 8) -> list[str]:
+        """The main thread's innermost frames, innermost last (no source lines read: cheap enough to sample)."""
+        frame, out = sys._current_frames().get(self.main), []
+        while frame is not None and len(out) < depth:
+            code = frame.f_code
+            if not code.co_filename.endswith("torch/nn/modules/module.py"):  # _call_impl wrappers
+                out.append(f"{code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno} {code.co_name}")
+            frame = frame.f_back
+        return out[::-1]
 
 
 def _stage_overrides(args: list[str]) -> tuple[str, str | None, list[str], str | None]:
@@ -86,6 +116,8 @@ def _stage_overrides(args: list[str]) -> tuple[str, str | None, list[str], str |
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--timeline", type=float, default=0, metavar="MIB",
+                        help="also record the resident set each time it moves by MIB MiB (CPU), with where it was")
     parser.add_argument("stage", nargs=argparse.REMAINDER, help="-- -m stages.<x> --config ... (the stage command)")
     opts = parser.parse_args()
     stage_args = [a for a in opts.stage if a != "--"] if opts.stage[:1] == ["--"] else opts.stage
@@ -100,7 +132,7 @@ def main() -> int:
     import transformers
 
     cuda = torch.cuda.is_available()
-    sampler = RSSSampler()
+    sampler = RSSSampler(timeline_step=0 if cuda else int(opts.timeline * 2**20))
     sampler.start()
     record: dict = {"module": module, "recipe": recipe, "device": "cuda" if cuda else "cpu",
                     "method": "cuda max_memory_allocated" if cuda else "resident set sampled every 1 ms"}
@@ -131,12 +163,17 @@ def main() -> int:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         record["train_start_bytes"] = torch.cuda.memory_allocated() if cuda else sampler.reset()
+        marks = record.setdefault("timeline_marks", {})
+        marks["train_start"] = round(sampler.now(), 3)
         t0 = time.perf_counter()
         try:
             return original_train(self, *args, **kwargs)
         finally:
             record["train_wall_s"] = time.perf_counter() - t0
+            marks["train_end"] = round(sampler.now(), 3)
             record["train_window_peak_bytes"] = torch.cuda.max_memory_allocated() if cuda else sampler.peak
+            if not cuda:
+                record["peak_stack"] = sampler.peak_stack
             handle.remove()
 
     transformers.Trainer.train = train
@@ -147,6 +184,7 @@ def main() -> int:
     except SystemExit as e:
         code = int(e.code or 0)
     sampler.stop.set()
+    sampler.join()
     if "train_window_peak_bytes" in record:
         record["train_peak_bytes"] = record["train_window_peak_bytes"] - record.get("baseline_bytes", 0)
         batch = max(s[0] for s in shapes) if shapes else None
@@ -159,6 +197,8 @@ def main() -> int:
                                    stage=module.rsplit(".", 1)[-1], micro_batch=batch, seq_len=seq)
             record["plan_bytes"] = plan.total
             record["plan"] = plan.to_json()
+    if sampler.timeline_step:
+        record["timeline"] = sampler.timeline
     Path(opts.out).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return code
 

@@ -59,6 +59,23 @@ def test_each_knob_moves_its_term():
     assert fp32.components["weights"] == SHAPE.params * 4 and fp32.components["autocast weight cache"] > 0
 
 
+def test_cpu_prefill_copies_the_frozen_lm_head_per_generated_sequence():
+    """On CPU, LoRA's frozen 2-byte LM head is copied once per sequence in generation's prefill (measured: see
+    memory._prefill_head_copy_bytes); counted as what it adds beyond the training step's peak."""
+    name = "generation: LM head copies (CPU prefill)"
+    rl = {"micro_batch": 4, "seq_len": 272, "generation_batch": 8, "use_peft": True, "budget": None}
+    cpu = _plan("length_rl", device="cpu", **rl)
+    copies = 8 * SHAPE.vocab * SHAPE.hidden * 2
+    generation = 8 * 272 * SHAPE.layers * 2 * SHAPE.kv_width * 2 + 8 * SHAPE.vocab * 8 + copies  # KV cache, logits
+    dynamic = ("activations", "LM head / loss", "generation (KV cache)", name)
+    assert sum(cpu.components[k] for k in dynamic) == pytest.approx(generation, abs=16)  # generation is the peak
+    assert name not in _plan("length_rl", device="cuda", **rl).components  # cuBLAS reads the expanded weight in place
+    assert name not in _plan("length_rl", device="cpu", **{**rl, "use_peft": False}).components  # folds: grad head
+    assert name not in _plan("length_rl", device="cpu", weight_dtype="float32", **rl).components  # fp32: no copy
+    assert name not in _plan("sft", device="cpu", use_peft=True, budget=None).components  # no generation
+    assert _plan("length_rl", device="cpu", load_in_4bit=True, **rl).components[name] > 0  # the head stays bf16
+
+
 def test_largest_micro_batch_is_the_boundary():
     plan = _plan(gradient_checkpointing=False, budget=30 * memory.GiB)
     best = plan.largest_micro_batch

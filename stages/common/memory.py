@@ -30,7 +30,9 @@ What is counted (bytes; P = parameters, T = tokens of one micro-batch = batch x 
   before its cast, and 4096-token x 32768-vocabulary tiles. The implicit PRM does materialise them:
   :data:`FULL_LOGITS_BYTES` per token and vocabulary entry;
 - GRPO: training micro-batches of ``prompt + completion`` tokens; transformers generation holds a KV cache of
-  the generation batch; colocated vLLM reserves ``vllm_gpu_memory_utilization`` of the GPU;
+  the generation batch; colocated vLLM reserves ``vllm_gpu_memory_utilization`` of the GPU; on CPU, with LoRA
+  and 2-byte weights, generation's prefill copies the frozen LM head once per generated sequence
+  (:func:`_prefill_head_copy_bytes`);
 - on CUDA, about 1 GiB of context, cuBLAS workspace and allocator fragmentation.
 """
 
@@ -421,6 +423,29 @@ def _activation_bytes_per_token_layer(shape: ModelShape, s: TrainingSetup) -> fl
     return per
 
 
+def _prefill_head_copy_bytes(shape: ModelShape, s: TrainingSetup) -> int:
+    """Copies of the LM head that transformers generation makes in its prefill on CPU with a frozen head.
+
+    The prefill projects only the last position through the LM head: ``hidden[:, -1:]``, a view whose batch
+    stride is the prompt's, which ``torch.matmul`` cannot fold into one matrix. When the head's weight requires
+    grad (full fine-tuning) matmul folds anyway; when it does not (LoRA: the base model is frozen, and the head is
+    never an adapter target here), matmul takes the bmm path, expands the transposed weight to (generation batch,
+    hidden, vocab), and the CPU bmm of 2-byte dtypes makes that contiguous: one copy of the weight per sequence
+    of the generation batch, held for the length of the call. fp32 weights (also under bf16 autocast: generation
+    runs without it) fold into one mm, no copy. On CUDA, cuBLAS reads the expanded weight in place (batch stride
+    0): not counted there.
+
+    Measured on CPU: bench/memory_probe.py --timeline on the reference shape's length_rl with LoRA (generation
+    batch 4): +1.74 GiB inside the prefill's ``lm_head`` call, where the torch profiler shows ``aten::bmm`` making a
+    [4, 1536, 151936] bf16 tensor contiguous (18 s); ``F.linear`` alone on a ``[:, -1:]`` slice: copies = batch in
+    bf16 and fp16, none in fp32, none when the weight requires grad or the input is one token long."""
+    if not s.generation_batch or s.device == "cuda" or not s.use_peft or s.head != "lm":
+        return 0
+    if DTYPE_BYTES[s.weight_dtype] != 2 and not s.load_in_4bit:  # 4-bit keeps the head in bf16
+        return 0
+    return s.generation_batch * shape.embedding_params * 2
+
+
 def plan_memory(shape: ModelShape, s: TrainingSetup, *, model: str = "", budget: int | None = None,
                 search_batch: bool = True) -> MemoryPlan:
     """The expected peak of one training step (see the module doc for each term)."""
@@ -456,6 +481,11 @@ def plan_memory(shape: ModelShape, s: TrainingSetup, *, model: str = "", budget:
         # the LM head's backward accumulates the (tied) embedding's gradient in fp32 before its cast
         head_grad = shape.embedding_params * 4 if s.head in ("lm", "full_logits") and grad_bytes < 4 else 0
     notes.append(f"trainable parameters: {trainable / 1e6:.1f}M")
+    head_copies = _prefill_head_copy_bytes(shape, s)
+    if head_copies:
+        notes.append(f"generation's prefill copies the frozen LM head once per sequence on CPU "
+                     f"({s.generation_batch} x {head_copies / s.generation_batch / GiB:.2f} GiB); the component is "
+                     "what that adds beyond the training step's own peak")
 
     def dynamic(batch: int) -> dict[str, int]:
         tokens = batch * s.seq_len
@@ -479,8 +509,13 @@ def plan_memory(shape: ModelShape, s: TrainingSetup, *, model: str = "", budget:
             kv_cache = s.generation_batch * s.seq_len * shape.layers * 2 * shape.kv_width * act
             gen = kv_cache + s.generation_batch * shape.vocab * 4 * 2  # last-token logits and sampling probs
         train = acts + head + head_grad
-        return {"activations": int(acts), "LM head / loss": int(head + head_grad),
-                "generation (KV cache)": int(max(0, gen - train))}
+        # generation and the training step do not overlap: what generation holds beyond the step's own peak
+        out = {"activations": int(acts), "LM head / loss": int(head + head_grad),
+               "generation (KV cache)": int(max(0, gen - train))}
+        if head_copies:  # the prefill's copies of the frozen LM head (CPU), on top of the KV cache
+            out["generation: LM head copies (CPU prefill)"] = int(max(0, gen + head_copies - train)
+                                                                   - max(0, gen - train))
+        return out
 
     comp.update(dynamic(s.micro_batch))
     if s.vllm_fraction:
