@@ -4,8 +4,9 @@
         [--compare OLD.json] [--timeout S]
 
 ``make bench`` runs this (``BENCH_FULL=1`` adds ``--full``, ``BENCH_CHECK=1`` adds ``--check``).
-A benchmark is every ``bench/*.py`` except this file and the ``_``-prefixed helpers; each runs as a
-fresh process, ``--quick`` unless ``--full``, with ``--json`` (the protocol: ``bench/README.md``).
+A benchmark is every ``bench/*.py`` except this file, the ``_``-prefixed helpers and the tools named
+in ``TOOLS`` (memory_probe.py, gpu_check.py); each runs as a fresh process, ``--quick`` unless
+``--full``, with ``--json`` (the protocol: ``bench/README.md``).
 The table has one row per figure: benchmark, figure, its value, the baseline measured in the same
 run, the ratio, the target and whether it was met. It is written to ``--out`` with the machine's
 core count, the package versions, the git commit and the date, so that two runs can be compared
@@ -34,10 +35,22 @@ from _harness import REPO, fmt, write_json  # noqa: E402
 
 from stages.common.checkpoint import git_commit, now_iso, package_versions  # noqa: E402
 
+# Scripts in bench/ that are tools, not benchmarks: they measure no figure against a baseline and do not
+# take the protocol's flags. memory_probe.py wraps one stage run to measure its training peak (called by
+# gpu_check.py and tests/reference_shape.py with the stage's command line); gpu_check.py is the one-shot
+# check on a GPU machine (bench/gpu_check.sh runs it; docs/scaling.md), minutes on an H100 and a toy
+# --cpu-smoke for the test suite.
+TOOLS = frozenset({"memory_probe.py", "gpu_check.py"})
+
+
+def is_benchmark(path: Path) -> bool:
+    """A ``bench/*.py`` that follows the protocol: not a ``_`` helper, not this runner, not a tool."""
+    return not path.name.startswith("_") and path.name != Path(__file__).name and path.name not in TOOLS
+
 
 def discover() -> list[Path]:
     """The benchmark scripts, in name order."""
-    return sorted(p for p in BENCH.glob("*.py") if not p.name.startswith("_") and p.name != Path(__file__).name)
+    return sorted(p for p in BENCH.glob("*.py") if is_benchmark(p))
 
 
 def run_one(script: Path, *, full: bool, timeout: float | None, extra: list[str]) -> dict:

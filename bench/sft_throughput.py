@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -58,11 +57,12 @@ def _recipe_configs(steps: int, out: str):
 
 def main() -> int:
     ap = parser(__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=40, help="training steps per run (--quick: 20)")
-    ap.add_argument("--reps", type=int, default=5, help="rounds of the three measurements (--quick: 3)")
+    ap.add_argument("--steps", type=int, default=None, help="training steps per run (default 40; --quick: 20)")
+    ap.add_argument("--reps", type=int, default=None, help="rounds of the three measurements (default 5; --quick: 3)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     opts = ap.parse_args()
-    steps, reps = (20, 3) if opts.quick else (opts.steps, opts.reps)
+    steps = opts.steps or (20 if opts.quick else 40)  # an explicit --steps / --reps wins over --quick
+    reps = opts.reps or (3 if opts.quick else 5)
 
     import datasets  # deferred: heavy
     import torch
@@ -74,7 +74,8 @@ def main() -> int:
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-sft-"))
+    scratch = tempfile.TemporaryDirectory(prefix="bench-sft-")  # removed at exit, also when a run fails
+    tmp = Path(scratch.name)
     args, cfg, model_args = _recipe_configs(steps, str(tmp / "trl"))
     base = materialize_parent("tiny", tmp / "runs" / "bench").path
     tok = load_tokenizer(base, padding_side="right")
@@ -127,7 +128,7 @@ def main() -> int:
         for kind in order:
             seconds[kind].append(kinds[kind](rep) if kind == "stage" else kinds[kind]())
             print(f"round {rep + 1}/{reps} {kind}: {seconds[kind][-1]:.3f} s for {steps} steps", flush=True)
-    shutil.rmtree(tmp, ignore_errors=True)
+    scratch.cleanup()
     tok_s = {k: tokens / statistics.median(v) for k, v in seconds.items()}
 
     details = {"steps": steps, "reps": reps, "tokens": tokens, "params": n_params, "threads": torch.get_num_threads(),

@@ -75,6 +75,8 @@ def test_run_all_builds_one_table_and_exits_1_only_on_check_or_crash(tmp_path, m
                                    "target=0.9)]))")
     _fake_bench(bench, "c_skipped", "sys.exit(finish(args, 'c_skipped', [], skipped='no GPU'))")
     (bench / "_helper.py").write_text("raise SystemExit('a helper is not a benchmark')\n")
+    for tool in run_all.TOOLS:  # tools (bench/memory_probe.py, bench/gpu_check.py) are not benchmarks either
+        (bench / tool).write_text("raise SystemExit('a tool is not a benchmark')\n")
     monkeypatch.setattr(run_all, "BENCH", bench)
     out = tmp_path / "results.json"
     assert [p.name for p in run_all.discover()] == ["a_met.py", "b_missed.py", "c_skipped.py"]
@@ -103,7 +105,12 @@ def test_run_all_builds_one_table_and_exits_1_only_on_check_or_crash(tmp_path, m
 
 
 def test_every_benchmark_takes_the_common_flags():
-    for script in run_all.discover():
+    # the same rule as `make bench`: every bench/*.py but the `_` helpers, run_all.py and the named tools;
+    # each named tool still exists (a renamed one would drop out of the set unnoticed and fail here below)
+    scripts = run_all.discover()
+    assert all((BENCH / tool).is_file() for tool in run_all.TOOLS), sorted(run_all.TOOLS)
+    assert scripts and not {p.name for p in scripts} & run_all.TOOLS
+    for script in scripts:
         out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, (script.name, out.stderr[-2000:])
         for flag in ("--quick", "--check", "--json"):
