@@ -37,6 +37,7 @@ configure_offline()
 
 TARGET = 1.2
 MODES = ("pot", "cot")
+_SCRATCH: list[tempfile.TemporaryDirectory] = []  # the untrained model's folder lives as long as the process
 
 
 def pick_model(explicit: str | None) -> tuple[str, str]:
@@ -49,7 +50,9 @@ def pick_model(explicit: str | None) -> tuple[str, str]:
         return str(max(found, key=lambda p: p.stat().st_mtime)), "newest runs/*/sft"
     from stages.common.modeling import materialize_parent
 
-    run_dir = Path(tempfile.mkdtemp(prefix="eval-speed-")) / "bench"
+    scratch = tempfile.TemporaryDirectory(prefix="eval-speed-")  # removed when the process exits
+    _SCRATCH.append(scratch)
+    run_dir = Path(scratch.name) / "bench"
     return materialize_parent("tiny", run_dir).path, "untrained tiny (no runs/*/sft found)"
 
 

@@ -15,8 +15,8 @@ this is a benchmark, not a test: the suite's time budget cannot hold three of th
 ``--quick`` is a check that the chain runs, not a measurement of the targets: seed 0 only, synth on
 400 + 20 problems, 40 SFT steps, pass@1 on the first 50 + 20 problems of each split, reported without
 a target (40 steps are far from the ~1000 updates this model needs before it copies numbers from the
-question; about a minute on 2 cores). The stage logs go into the runs folder, which is removed after
-a successful run unless ``--runs_dir`` is given.
+question; 20 s on 2 quiet cores, 95 s when other jobs share them). The stage logs go into the runs
+folder, which is removed after a successful run unless ``--runs_dir`` is given.
 """
 
 from __future__ import annotations
