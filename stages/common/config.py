@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import re
 import sys
 import tempfile
@@ -37,6 +38,21 @@ NON_SEMANTIC_FIELDS = frozenset({
 
 class ConfigError(ValueError):
     """A recipe or command line that does not fit the stage's config."""
+
+
+def mapping_option(value: dict | str | None, name: str, what: str) -> dict | None:
+    """A recipe option that maps names to values: a YAML mapping, or a JSON object on the command line.
+    None (or "") when unset; a ConfigError naming the option otherwise."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{name}: not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must {what}, got {type(value).__name__}")
+    return value
 
 
 def _key_line(path: Path, key: str) -> int | None:

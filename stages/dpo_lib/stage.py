@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stages.common.checkpoint import CheckpointError, resolve_parent, stage_ref
-from stages.common.config import ConfigError
+from stages.common.config import ConfigError, mapping_option
 from stages.common.data import DataFormatError, load_problems, read_jsonl
 from stages.common.modeling import TINY, load_tokenizer, peft_config
 from stages.common.pot import build_messages
@@ -82,15 +82,9 @@ class DPOStageArguments(PolicyTrainingArguments):
 
 
 def parse_mix(value: dict | str | None) -> dict[str, float]:
-    if value is None or value == "":
+    value = mapping_option(value, "pair_mix", "map pair kinds to weights")
+    if value is None:
         return dict(DEFAULT_MIX)
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"pair_mix: not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise ConfigError(f"pair_mix must map pair kinds to weights, got {type(value).__name__}")
     unknown = sorted(set(value) - set(KINDS))
     if unknown:
         raise ConfigError(f"pair_mix: unknown pair kind(s) {unknown}; known: {', '.join(KINDS)}")

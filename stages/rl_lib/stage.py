@@ -12,7 +12,6 @@ prompts with gold answers that differ only in their recipe (rewards, weights, sc
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,7 +22,7 @@ from trl import GRPOConfig, ModelConfig
 
 from rewards.registry import get_reward_funcs
 from stages.common.checkpoint import CheckpointError, resolve_parent, stage_ref
-from stages.common.config import ConfigError
+from stages.common.config import ConfigError, mapping_option
 from stages.common.data import load_gold_problems
 from stages.common.modeling import peft_config
 from stages.common.pot import build_messages
@@ -85,15 +84,7 @@ def to_grpo_rows(problems: list[dict]) -> list[dict]:
 
 
 def parse_reward_options(options: dict | str | None) -> dict[str, Any]:
-    if options is None or options == "":
-        return {}
-    if isinstance(options, str):
-        try:
-            options = json.loads(options)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"reward_options: not valid JSON: {e}") from e
-    if not isinstance(options, dict):
-        raise ConfigError(f"reward_options must be a mapping of reward name to options, got {type(options).__name__}")
+    options = mapping_option(options, "reward_options", "be a mapping of reward name to options") or {}
     return {k: dict(v) if isinstance(v, dict) else v for k, v in options.items()}
 
 
