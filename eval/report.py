@@ -7,6 +7,7 @@ results (``<checkpoint>/eval/*/results.json``, see ``eval.results``) and trainer
 
 - first, the run at a glance: each policy stage's greedy pass@1 on every eval set (the usual test
   split and the hard one) and its mean completion tokens, in one picture and one table;
+- the eval sets, each named (usual, hard, GSM8K) and explained (``describe_set``);
 - accuracy per stage on each eval set (greedy pass@1 with its 95% interval; pass@k, maj@k,
   PRM best-of-k and pass@1 after repair in the table when measured);
 - mean completion length per stage;
@@ -28,6 +29,7 @@ import argparse
 import html
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,8 @@ from stages.common.checkpoint import TENSORBOARD_DIR, run_checkpoints
 from stages.common.data import atomic_write_text
 
 ASSETS = "report_files"
+# the embedded task's default levels (stages/common/arith.py): the SFT data's; more operations is the hard split
+USUAL_LEVELS = (1, 2, 3)
 CURVE_KEYS = ("loss", "kl", "entropy", "completions/mean_length", "mean_token_accuracy")
 MAX_CURVE_PANELS = 8
 
@@ -60,6 +64,47 @@ class Checkpoint:
     @property
     def label(self) -> str:
         return f"{self.stage}/v{self.manifest.get('version')}"
+
+
+def set_name(source: str) -> str:
+    """A short name for an eval set, for legends and table headers: ``usual``, ``hard``, ``GSM8K``
+    or the source itself, with the source after it (``hard (arith:test:300:0:levels=4)``)."""
+    kind = source.split(":", 1)[0]
+    if kind == "arith":
+        match = re.search(r"levels=([\d,]+)", source)
+        levels = tuple(int(x) for x in match.group(1).split(",") if x) if match else USUAL_LEVELS
+        name = "hard" if levels and min(levels) > max(USUAL_LEVELS) else "usual" if levels == USUAL_LEVELS else ""
+        return f"{name} ({source})" if name else source
+    if kind == "gsm8k":
+        return f"GSM8K ({source})"
+    return source
+
+
+def describe_set(source: str) -> str:
+    """What an eval set is and what to expect of it, one sentence for the report."""
+    kind = source.split(":", 1)[0]
+    if kind == "arith":
+        match = re.search(r"levels=([\d,]+)", source)
+        levels = tuple(int(x) for x in match.group(1).split(",") if x) if match else USUAL_LEVELS
+        ops = ", ".join(map(str, levels))
+        if levels and min(levels) > max(USUAL_LEVELS):
+            return (f"the hard split: held-out problems of the embedded arithmetic task with {ops} operations, one "
+                    f"more than the SFT data's bulk ({', '.join(map(str, USUAL_LEVELS))}); a policy solves them "
+                    "only sometimes, so the stages after SFT have room to move it")
+        return (f"the usual split: held-out problems of the embedded arithmetic task with {ops} operations, the "
+                "levels of the SFT data; the policy is near its ceiling here, so this split shows what a stage "
+                "costs rather than what it gains")
+    if kind == "gsm8k":
+        return ("GSM8K test problems (the real benchmark, lighteval); a model trained only on the embedded "
+                "arithmetic task, like the default recipe's tiny model, is expected to score 0 here: this set "
+                "checks the harness end to end, not the policy")
+    return "an eval set from the recipe"
+
+
+def sets_rows(acc: list[dict]) -> list[dict]:
+    """One row per eval set of the run: its short name and what it is."""
+    return [{"eval set": source, "name": set_name(source).split(" (")[0], "what it is": describe_set(source)}
+            for source in dict.fromkeys(r["set"] for r in acc)]
 
 
 def _read_json(path: Path, default: Any) -> Any:
@@ -122,7 +167,8 @@ def _flat_eval(m: dict) -> dict:
 
 def story_rows(acc: list[dict]) -> list[dict]:
     """The run in one table: one row per policy checkpoint (pipeline order), greedy PoT pass@1 and
-    mean completion tokens on every eval set, and the change from the row before."""
+    mean completion tokens on every eval set, and the change from the row before; the columns name each
+    set by :func:`set_name` (usual, hard, GSM8K) and its source."""
     sets = list(dict.fromkeys(r["set"] for r in acc if r["mode"] == "pot" and "pass@1" in r))
     rows: list[dict] = []
     for label in dict.fromkeys(r["checkpoint"] for r in acc):
@@ -132,13 +178,13 @@ def story_rows(acc: list[dict]) -> list[dict]:
         row: dict[str, Any] = {"checkpoint": label}
         for source in sets:
             r = found.get(source)
-            row[f"pass@1 {source}"] = r["pass@1"] if r else None
-            row[f"tokens {source}"] = r.get("mean_completion_tokens") if r else None
+            row[f"pass@1 {set_name(source)}"] = r["pass@1"] if r else None
+            row[f"tokens {set_name(source)}"] = r.get("mean_completion_tokens") if r else None
         rows.append(row)
     for before, after in zip(rows, rows[1:], strict=False):
-        for source in sets:
-            a, b = after[f"pass@1 {source}"], before[f"pass@1 {source}"]
-            after[f"change {source}"] = (f"{100 * (a - b):+.1f} pts" if a is not None and b is not None else "")
+        for name in map(set_name, sets):
+            a, b = after[f"pass@1 {name}"], before[f"pass@1 {name}"]
+            after[f"change {name}"] = (f"{100 * (a - b):+.1f} pts" if a is not None and b is not None else "")
     return rows
 
 
@@ -257,7 +303,7 @@ def plot_accuracy(rows: list[dict], out: Path) -> bool:
             ys.append(p)
             err[0].append(max(0.0, p - lo))
             err[1].append(max(0.0, hi - p))
-        bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=f"{source} ({mode})")
+        bars = ax.bar(xs, ys, width, yerr=err, capsize=3, label=f"{set_name(source)}, {mode}")
         ax.bar_label(bars, labels=[f"{y:.1f}" for y in ys], padding=2, fontsize=7)
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.set_ylabel("greedy pass@1 (%)")
@@ -282,7 +328,7 @@ def plot_lengths(rows: list[dict], out: Path) -> bool:
         pts = [(i, r["mean_completion_tokens"]) for i, label in enumerate(labels)
                for r in rows if r["checkpoint"] == label and r["set"] == source and r["mode"] == mode
                and "mean_completion_tokens" in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{source} ({mode})")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{set_name(source)}, {mode}")
     ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
     ax.set_ylabel("mean completion tokens")
     ax.set_title("Completion length per stage (greedy)")
@@ -544,6 +590,7 @@ def build(run_dir: Path) -> tuple[Path, Path]:
     story = story_rows(acc)
     sections.append(("The run at a glance", img("story.png", plot_story(story, assets / "story.png")), story,
                      "no policy checkpoint with an evaluation yet"))
+    sections.append(("Eval sets", [], sets_rows(acc), "no evaluation results yet"))
     sections.append(("Accuracy per stage", img("accuracy.png", plot_accuracy(acc, assets / "accuracy.png")), acc,
                      "no evaluation results yet (python -m eval.gsm8k --model <checkpoint>)"))
     sections.append(("Completion length per stage", img("length.png", plot_lengths(acc, assets / "length.png")),

@@ -77,6 +77,9 @@ def test_report_content(run_dir: Path):
     assert md.index("## The run at a glance") < md.index("## Accuracy per stage")
     assert "| sft/v1 | 0.410 | 58.000 | 0.020 | 58.000 |" in md
     assert "| grpo/v1 | 0.550 | 48.000 | 0.030 | 48.000 | +14.0 pts | +1.0 pts |" in md
+    assert "| pass@1 usual (arith:test:500) | tokens usual (arith:test:500) |" in md  # named sets in the header
+    assert md.index("## Eval sets") < md.index("## Accuracy per stage")
+    assert "| gsm8k:test:100 | GSM8K |" in md and "expected to score 0 here" in md
     assert report.curve_keys(json.loads((run_dir / "grpo" / "v1" / "log_history.json").read_text()))[:2] == \
         ["loss", "reward"]
     page = html_path.read_text()
@@ -96,6 +99,18 @@ def test_sections_without_data_have_no_plot(tmp_path: Path):
     # no eval/ results: the pass@1 the stage measured itself is shown
     assert "| sft/v1 | arith:test:40 | pot | metrics.json | 40 | 0.250 |" in md
     assert "| sft/v1 | arith:test:20:levels=4 | pot | metrics.json | 20 | 0.500 |" in md
+    assert "| arith:test:20:levels=4 | hard | the hard split:" in md and "| arith:test:40 | usual |" in md
+
+
+@pytest.mark.parametrize(("source", "name"), [
+    ("arith:test:500", "usual (arith:test:500)"),
+    ("arith:test:300:0:levels=4", "hard (arith:test:300:0:levels=4)"),
+    ("arith:test:300:0:levels=2,4", "arith:test:300:0:levels=2,4"),   # a mix is neither
+    ("gsm8k:test:50", "GSM8K (gsm8k:test:50)"),
+    ("data/mine.jsonl", "data/mine.jsonl"),
+])
+def test_set_names(source, name):
+    assert report.set_name(source) == name
 
 
 def test_report_cli_on_empty_run(tmp_path: Path):
