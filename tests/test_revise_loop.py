@@ -247,3 +247,32 @@ def test_vote_keeps_the_answer_most_runs_support(monkeypatch):
     assert voted["votes"]["12"] == [4, pytest.approx(0.4)] and voted["votes"]["9"] == [1, pytest.approx(0.9)]
     # answer 12 wins 4 runs to 1; its runs rank alike (flagged, running, 0.1): the latest candidate
     assert voted["final"] == "```python\na = 6\ne = 2 * a  # BAD\nprint(e)\n```" and voted["final_version"] is None
+
+
+def test_with_golds_the_gold_decides_when_a_solution_is_repaired(monkeypatch):
+    # the original prints 12 (gold 18); round 1 gives 15, which the verifier passes; round 2 gives 18
+    script = ["c = 6 * 2 + 3\nprint(c)\n```", "c = 6 * 3\nprint(c)\n```", "c = 6 * 4\nprint(c)\n```"]
+    outs = iter(script)
+    seen = _scripted(monkeypatch, lambda p: next(outs))
+    items = [{"id": "x", "question": "Three times 6?", "completion": format_completion("a = 6\nprint(a * 2)")}]
+    options = RepairOptions(rounds=3, threshold=0.5)
+    # the verifier alone stops at its false pass: 15
+    (blind,) = loop.repair(POLICY, items, options, scorer=StepScorer(), force=[True])
+    assert blind["stop"] == "verified" and blind["final_check"]["answer"] == "15" and blind["judge"] == "verifier"
+    outs = iter(script)
+    seen.clear()
+    (rec,) = loop.repair(POLICY, items, options, scorer=StepScorer(), force=[True], golds=["18"])
+    # the verifier passed the original (12) and round 1 (15): two false passes the gold caught
+    assert rec["judge"] == "gold" and rec["stop"] == "gold" and rec["verifier_false_passes"] == 2
+    assert [e["answer"] for e in rec["rounds"]] == ["15", "18"] and rec["final_check"]["answer"] == "18"
+    assert rec["final_verified"] and rec["final_version"] == 2
+    # the policy is never shown the gold: the second request names the verifier's lowest step, not 18
+    assert len(seen) == 2 and not any("18" in p for call in seen for p in call["prompts"])
+    # a right original is not revised; an item without a gold is left to the verifier
+    right = [{"id": "y", "question": "q", "completion": format_completion("print(18)")}]
+    (done,) = loop.repair(POLICY, right, options, scorer=StepScorer(), force=[True], golds=["18"])
+    assert done["attempted"] is False and done["stop"] == "not_flagged"
+    (unread,) = loop.repair(POLICY, right, RepairOptions(threshold=0.5), scorer=StepScorer(), golds=[None])
+    assert unread["judge"] == "verifier" and unread["attempted"] is False
+    with pytest.raises(ValueError, match="1 items but 2 golds"):
+        loop.repair(POLICY, right, options, golds=["1", "2"])

@@ -183,7 +183,8 @@ def test_stage_repairs_writes_outputs_trains_and_resumes(tmp_path, monkeypatch):
     metrics = json.loads((out / "metrics.json").read_text())
     loop = metrics["loop"]
     assert metrics["inputs"]["wrong"] == 6 and loop["wrong"] == 6 and loop["repaired"] == 6
-    assert loop["repair_rate"] == 1.0 and loop["stops"] == {"verified": 6} and metrics["verifier"] == "sandbox"
+    assert loop["repair_rate"] == 1.0 and loop["stops"] == {"gold": 6} and metrics["verifier"] == "sandbox"
+    assert loop["judge"] == {"gold": 6} and loop["verifier_false_passes"] == 0
     revised = [json.loads(x) for x in (out / "revised.jsonl").read_text().splitlines()]
     verified = [json.loads(x) for x in (out / "verified.jsonl").read_text().splitlines()]
     pairs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]

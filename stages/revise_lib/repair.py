@@ -21,6 +21,13 @@ Each round, for every item still open, in one batch:
 An item stops when it verifies, when every candidate revision repeats an earlier version (the
 normalized program, :func:`stages.common.pot.program_key`), or after ``rounds`` rounds. Every
 round is recorded: the flagged step, the reason, the revision, its run and its step scores.
+
+With ``golds`` (the revise stage, which makes training data from problems with known answers; never
+eval), the gold decides when an item is done instead of the verifier: a version whose answer the
+gold accepts stops the item (``stop: gold``) and is its final version, and a version the verifier
+passes but the gold rejects is revised again from its lowest-scored step (counted as a
+``verifier_false_pass``). The revision request itself still carries only the verifier's reason:
+the policy is never shown the gold.
 """
 
 from __future__ import annotations
@@ -31,8 +38,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rewards import extract_answer, is_equivalent
 from rewards.functions import AGGREGATIONS
-from rewards.scoring import run_programs
+from rewards.scoring import readable_gold, run_programs
 from stages.common.generation import generate
 from stages.common.pot import build_messages, extract_program, program_key
 from stages.common.steps import split_program
@@ -337,6 +345,21 @@ class _Item:
     extra_tokens: int = 0
     pool: list[tuple[str, Verification, Flag | None]] = field(default_factory=list)  # every distinct version seen
     votes: dict[str, list[float]] = field(default_factory=dict)  # answer -> [runs printing it, their summed score]
+    gold: str | None = None            # the readable gold answer (the revise stage only); None: the verifier decides
+    false_passes: int = 0              # versions the verifier passed and the gold rejected
+
+    def flag(self, v: Verification, threshold: float | None, *, force: bool = False) -> Flag | None:
+        """The version's flag: by the gold when the item has one (right: None; wrong: the verifier's flag,
+        or its lowest-scored step when the verifier passes it), else by the verifier alone."""
+        if self.gold is None:
+            return flag_step(v, threshold, force=force)
+        if gold_accepts(v, self.gold):
+            return None
+        flag = flag_step(v, threshold)
+        if flag is None:
+            self.false_passes += 1
+            flag = flag_step(v, threshold, force=True)
+        return flag
 
     def vote(self, v: Verification) -> None:
         if v.runs:
@@ -349,23 +372,37 @@ class _Item:
         return self.versions[-1]
 
 
+def gold_accepts(v: Verification, gold: str) -> bool:
+    """Whether the version ran and printed the gold answer (``gold``: a readable gold answer), judged
+    as ``rewards.score_pot`` judges it."""
+    if v.status != "ok" or v.answer is None:
+        return False
+    return is_equivalent(extract_answer(v.answer) or v.answer.strip(), gold)
+
+
 def repair(policy: Any, items: Sequence[dict], options: RepairOptions | None = None, *, scorer: Any = None,
-           force: Sequence[bool] | None = None, sandbox: Any = None, progress: bool = False) -> list[dict]:
+           force: Sequence[bool] | None = None, golds: Sequence[str | None] | None = None, sandbox: Any = None,
+           progress: bool = False) -> list[dict]:
     """Verify and revise ``items`` (``{"id", "question", "completion"}``) for at most
     ``options.rounds`` rounds; one record per item (see :func:`record_fields`). ``scorer`` is a
     PRM scorer (``score_steps(questions, steps)``) or None (the sandbox signal alone); ``force``
     marks items to revise even when the verifier passes them (the revise stage's known-wrong
-    inputs). ``policy`` has ``model`` and ``tokenizer``."""
+    inputs); ``golds`` (the revise stage only, never eval) lets the gold decide when an item is done
+    (see the module's docstring; an unreadable gold leaves that item to the verifier). ``policy``
+    has ``model`` and ``tokenizer``."""
     options = options or RepairOptions()
     options.check()
     tokenizer = policy.tokenizer
     verifier = Verifier(tokenizer, scorer, aggregation=options.aggregation, sandbox=sandbox)
     force = list(force) if force is not None else [False] * len(items)
+    golds = [readable_gold(g) for g in golds] if golds is not None else [None] * len(items)
+    if len(golds) != len(items):
+        raise ValueError(f"repair: {len(items)} items but {len(golds)} golds")
     first = verifier.verify([it["question"] for it in items], [it["completion"] for it in items])
     state: list[_Item] = []
-    for it, v, f in zip(items, first, force, strict=True):
-        flag = flag_step(v, options.threshold, force=f)
-        item = _Item(it["question"], f, growth_limit(v.program_tokens, options))
+    for it, v, f, gold in zip(items, first, force, golds, strict=True):
+        item = _Item(it["question"], f, growth_limit(v.program_tokens, options), gold=gold)
+        flag = item.flag(v, options.threshold, force=f)
         item.versions.append((it["completion"], v, flag))
         item.pool.append((it["completion"], v, flag))
         item.vote(v)
@@ -420,7 +457,7 @@ def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: l
             s.vote(v)
             if v.program is not None and program_key(v.program) in s.keys:
                 continue
-            fresh.append((completion, v, n, flag_step(v, options.threshold)))
+            fresh.append((completion, v, n, s.flag(v, options.threshold)))
             s.pool.append((completion, v, fresh[-1][3]))
         entry = {"round": rnd, "flag": flag.as_dict(), "kept_steps": flag.step, "prompt": options.prompt,
                  "candidates": len(tried), "candidate_answers": [v.answer for _, v, _ in tried],
@@ -438,7 +475,7 @@ def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: l
         s.rounds.append({**entry, "outcome": "accepted", "revision": completion, **v.summary(),
                          "passes": new_flag is None, "next_flag": new_flag.as_dict() if new_flag else None})
         if new_flag is None:
-            s.stop = "verified"
+            s.stop = "verified" if s.gold is None else "gold"
 
 
 def _record(item: dict, s: _Item, options: RepairOptions) -> dict:
@@ -450,7 +487,9 @@ def _record(item: dict, s: _Item, options: RepairOptions) -> dict:
     def ranked(pool: list, k: int) -> tuple:
         return version_rank(pool[k][1], pool[k][2]), k
 
-    if options.final == "last":
+    if s.gold is not None and s.versions[-1][2] is None:  # the gold accepted the last version: it is the final
+        completion, v, flag = s.versions[-1]
+    elif options.final == "last":
         completion, v, flag = s.versions[-1]
     elif options.final == "vote" and s.votes:
         answer = max(s.votes, key=lambda a: (*s.votes[a], a == s.versions[0][1].answer))
@@ -464,7 +503,8 @@ def _record(item: dict, s: _Item, options: RepairOptions) -> dict:
             "flag": flag0.as_dict() if flag0 else None, "initial": v0.summary(), "rounds": s.rounds,
             "final": completion, "final_version": final, "final_verified": flag is None,
             "final_check": v.summary(), "stop": s.stop, "extra_tokens": s.extra_tokens,
-            "votes": s.votes if options.final == "vote" else None}
+            "votes": s.votes if options.final == "vote" else None, "judge": "verifier" if s.gold is None else "gold",
+            "verifier_false_passes": s.false_passes}
 
 
 def record_fields() -> tuple[str, ...]:
@@ -473,9 +513,11 @@ def record_fields() -> tuple[str, ...]:
     ``rounds`` (one entry per round: flag, revision, outcome accepted / repeat / over_growth, its
     run and step scores), ``final`` (the completion chosen), ``final_version`` (0: the original; None:
     a candidate of a round that was not kept as a version, chosen by the vote),
-    ``stop`` (not_flagged, verified, repeat, over_growth, rounds) and ``extra_tokens`` (generated)."""
+    ``stop`` (not_flagged, verified, gold, repeat, over_growth, rounds), ``extra_tokens`` (generated),
+    ``judge`` (verifier, or gold with ``golds``) and ``verifier_false_passes`` (versions the verifier
+    passed and the gold rejected)."""
     return ("id", "attempted", "forced", "flag", "initial", "rounds", "final", "final_version", "final_verified",
-            "final_check", "stop", "extra_tokens", "votes")
+            "final_check", "stop", "extra_tokens", "votes", "judge", "verifier_false_passes")
 
 
 def demonstration(question: str, previous: str, entry: dict, prompt: str = "feedback") -> dict:

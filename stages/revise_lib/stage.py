@@ -87,6 +87,11 @@ class ReviseArguments(PolicyTrainingArguments):
     revise_temperature: float = field(default=0.0, metadata={"help": "Temperature of revisions (0: greedy)."})
     candidates: int = field(default=1, metadata={"help": "Revisions sampled per round; the verifier keeps the best."})
     final: str = field(default="best", metadata={"help": "best (the best-verified version) or last."})
+    gold_stop: bool = field(default=True, metadata={
+        "help": "Let the gold answer decide when a solution is repaired: a version the gold accepts ends the "
+                "loop, one the verifier passes but the gold rejects is revised again (from its lowest-scored "
+                "step). The policy never sees the gold; eval's --repair never uses it. false: the verifier "
+                "decides, as at eval time (a verifier's false pass then ends the loop on a wrong answer)."})
     generation_batch_size: int = field(default=100, metadata={"help": "Generation batch size (sampling, revising)."})
     chunk_size: int = field(default=200, metadata={
         "help": "Items per journalled chunk: a rerun after a kill redoes only the unfinished chunks."})
@@ -259,7 +264,8 @@ def revise_items(ctx: StageContext, items: list[dict], scorer: Any) -> list[dict
         options = args.repair_options(ctx.seed + 1000 * (k + 1))
         records = repair(ctx.policy, [{"id": it["id"], "question": it["question"], "completion": it["original"]}
                                       for it in todo], options, scorer=scorer,
-                         force=[it["original_correct"] is False for it in todo])
+                         force=[it["original_correct"] is False for it in todo],
+                         golds=[it["answer"] for it in todo] if args.gold_stop else None)
         rows = judge(todo, records)
         fresh += rows
         if ctx.is_main:
@@ -345,6 +351,10 @@ def loop_metrics(revised: list[dict], rounds: int) -> dict[str, Any]:
         "timeouts": sum(e["status"] == "timeout" for e in entries),
         "flag_kinds": dict(Counter(r["flag"]["kind"] for r in revised if r["flag"])),
         "extra_tokens_per_item": sum(r["extra_tokens"] for r in revised) / len(revised) if revised else 0.0,
+        "judge": dict(Counter(r.get("judge", "verifier") for r in revised)),
+        # versions the verifier passed and the gold rejected: with the verifier as the judge (eval) each one
+        # would have ended its loop on a wrong answer
+        "verifier_false_passes": sum(r.get("verifier_false_passes", 0) for r in revised),
     }
 
 
