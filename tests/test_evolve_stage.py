@@ -78,7 +78,9 @@ def _args(ck: dict, runs: Path, run: str, *extra: str) -> list[str]:
             "--model_name_or_path", str(ck["policy"]), "--prm_checkpoint", str(ck["prm"]),
             "--train_data", str(ck["train"]), "--eval_data", str(ck["eval"]), "--eval_max_new_tokens", "64",
             "--num_samples", "4", "--max_new_tokens", "64", "--tree_token_budget", "160", "--chunk_problems", "8",
-            "--per_device_train_batch_size", "8", "--dataset_num_proc", "1", *extra]
+            "--per_device_train_batch_size", "8", "--dataset_num_proc", "1",
+            # the recipe mixes in '@synth', which these runs do not have: an arith source instead
+            "--mix_data", "arith:train:40:9", *extra]
 
 
 def _run(ck, runs, run, *extra, check=True):
