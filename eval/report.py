@@ -29,19 +29,18 @@ import argparse
 import html
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eval.results import read_results
+from stages.common.arith import DEFAULT_LEVELS as USUAL_LEVELS
+from stages.common.arith import parse_spec
 from stages.common.checkpoint import TENSORBOARD_DIR, run_checkpoints
 from stages.common.data import atomic_write_text
 
 ASSETS = "report_files"
-# the embedded task's default levels (stages/common/arith.py): the SFT data's; more operations is the hard split
-USUAL_LEVELS = (1, 2, 3)
 CURVE_KEYS = ("loss", "kl", "entropy", "completions/mean_length", "mean_token_accuracy")
 MAX_CURVE_PANELS = 8
 
@@ -66,35 +65,43 @@ class Checkpoint:
         return f"{self.stage}/v{self.manifest.get('version')}"
 
 
+def _arith_levels(source: str) -> tuple[int, ...] | None:
+    """The levels of an ``arith:`` eval set (``stages.common.arith.parse_spec``); None for another
+    source or a spec it cannot read."""
+    kind, _, spec = source.partition(":")
+    if kind != "arith":
+        return None
+    try:
+        return parse_spec(spec)[3]
+    except ValueError:
+        return None
+
+
 def set_name(source: str) -> str:
     """A short name for an eval set, for legends and table headers: ``usual``, ``hard``, ``GSM8K``
     or the source itself, with the source after it (``hard (arith:test:300:0:levels=4)``)."""
-    kind = source.split(":", 1)[0]
-    if kind == "arith":
-        match = re.search(r"levels=([\d,]+)", source)
-        levels = tuple(int(x) for x in match.group(1).split(",") if x) if match else USUAL_LEVELS
-        name = "hard" if levels and min(levels) > max(USUAL_LEVELS) else "usual" if levels == USUAL_LEVELS else ""
+    levels = _arith_levels(source)
+    if levels is not None:
+        name = "hard" if min(levels) > max(USUAL_LEVELS) else "usual" if levels == USUAL_LEVELS else ""
         return f"{name} ({source})" if name else source
-    if kind == "gsm8k":
+    if source.split(":", 1)[0] == "gsm8k":
         return f"GSM8K ({source})"
     return source
 
 
 def describe_set(source: str) -> str:
     """What an eval set is and what to expect of it, one sentence for the report."""
-    kind = source.split(":", 1)[0]
-    if kind == "arith":
-        match = re.search(r"levels=([\d,]+)", source)
-        levels = tuple(int(x) for x in match.group(1).split(",") if x) if match else USUAL_LEVELS
+    levels = _arith_levels(source)
+    if levels is not None:
         ops = ", ".join(map(str, levels))
-        if levels and min(levels) > max(USUAL_LEVELS):
+        if min(levels) > max(USUAL_LEVELS):
             return (f"the hard split: held-out problems of the embedded arithmetic task with {ops} operations, one "
                     f"more than the SFT data's bulk ({', '.join(map(str, USUAL_LEVELS))}); a policy solves them "
                     "only sometimes, so the stages after SFT have room to move it")
         return (f"the usual split: held-out problems of the embedded arithmetic task with {ops} operations, the "
                 "levels of the SFT data; the policy is near its ceiling here, so this split shows what a stage "
                 "costs rather than what it gains")
-    if kind == "gsm8k":
+    if source.split(":", 1)[0] == "gsm8k":
         return ("GSM8K test problems (the real benchmark, lighteval); a model trained only on the embedded "
                 "arithmetic task, like the default recipe's tiny model, is expected to score 0 here: this set "
                 "checks the harness end to end, not the policy")

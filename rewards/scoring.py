@@ -99,6 +99,12 @@ def _golds(golds: Sequence[str | None]) -> list[str | None]:
     return [checked[g] for g in golds]
 
 
+def printed_answer(raw: str | None) -> str | None:
+    """The answer a program printed (its last output line, as the sandbox reads it): the final answer
+    ``rewards.extract`` finds in it, else the line itself; None when it printed nothing."""
+    return (extract_answer(raw) or raw.strip()) if raw else None
+
+
 def score_pot(
     completions: Sequence[Any],
     golds: Sequence[str | None],
@@ -120,8 +126,7 @@ def score_pot(
             scores.append(PotScore(None if gold is None else False, None, "no_code", None, None))
             continue
         res = next(results)
-        raw = res.answer
-        answer = (extract_answer(raw) or raw.strip()) if raw else None
+        answer = printed_answer(res.answer)
         if gold is None:
             correct = None
         else:

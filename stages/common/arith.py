@@ -32,6 +32,7 @@ from stages.common.pot_style import apply_style
 
 SPLITS = ("train", "test")
 LEVELS = (1, 2, 3, 4)
+DEFAULT_LEVELS = (1, 2, 3)  # the SFT data's levels (the usual split); level 4 is the hard split
 TEST_PERCENT = 20  # share of the expression space that belongs to the test split
 _MAX_TRIES = 200_000  # draws per requested problem before the space is declared exhausted
 
@@ -379,7 +380,7 @@ def split_of(expression: str) -> str:
 
 
 def generate_problems(
-    n: int, split: str = "train", seed: int = 0, levels: Sequence[int] = (1, 2, 3)
+    n: int, split: str = "train", seed: int = 0, levels: Sequence[int] = DEFAULT_LEVELS
 ) -> list[dict]:
     """``n`` problems of ``split``, levels in turn, deterministic for ``seed``.
 
@@ -409,14 +410,10 @@ def generate_problems(
     return rows
 
 
-def problems_from_spec(spec: str, seed: int = 0) -> list[dict]:
-    """Problems of a source spec's part after ``arith:``: ``<split>[:n[:seed]][:levels=L[,L...]]``.
-
-    ``n`` defaults to 500 and ``seed`` to the caller's; ``levels`` (default 1,2,3, the SFT data's)
-    names the numbers of operations, so ``test:300:0:levels=4`` is the hard held-out split: one
-    operation more than the usual data, never sharing a computation with any train problem.
-    ValueError names what is wrong.
-    """
+def parse_spec(spec: str, seed: int = 0) -> tuple[str, int, int, tuple[int, ...]]:
+    """``(split, n, seed, levels)`` of a source spec's part after ``arith:``:
+    ``<split>[:n[:seed]][:levels=L[,L...]]`` (see :func:`problems_from_spec`). ValueError names what
+    is wrong."""
     parts = spec.split(":")
     options = {}
     positional = []
@@ -435,17 +432,29 @@ def problems_from_spec(spec: str, seed: int = 0) -> list[dict]:
     try:
         n = int(positional[1]) if len(positional) > 1 and positional[1] else 500
         s = int(positional[2]) if len(positional) > 2 and positional[2] else seed
-        levels = tuple(int(x) for x in options["levels"].split(",")) if "levels" in options else (1, 2, 3)
+        levels = tuple(int(x) for x in options["levels"].split(",")) if "levels" in options else DEFAULT_LEVELS
     except ValueError as e:
         raise ValueError(f"n, seed and levels must be integers in {spec!r}") from e
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    return generate_problems(n, split=positional[0], seed=s, levels=levels)
+    return positional[0], n, s, levels
+
+
+def problems_from_spec(spec: str, seed: int = 0) -> list[dict]:
+    """Problems of a source spec's part after ``arith:``: ``<split>[:n[:seed]][:levels=L[,L...]]``.
+
+    ``n`` defaults to 500 and ``seed`` to the caller's; ``levels`` (default 1,2,3, the SFT data's)
+    names the numbers of operations, so ``test:300:0:levels=4`` is the hard held-out split: one
+    operation more than the usual data, never sharing a computation with any train problem.
+    ValueError names what is wrong.
+    """
+    split, n, s, levels = parse_spec(spec, seed)
+    return generate_problems(n, split=split, seed=s, levels=levels)
 
 
 def write_split(
     path: str | os.PathLike, n: int, split: str = "train", seed: int = 0,
-    levels: Sequence[int] = (1, 2, 3),
+    levels: Sequence[int] = DEFAULT_LEVELS,
 ) -> Path:
     """Write ``generate_problems(...)`` as jsonl, atomically (a temporary file, then a rename)."""
     path = Path(path)

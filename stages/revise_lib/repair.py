@@ -38,9 +38,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rewards import extract_answer, is_equivalent
+from rewards import is_equivalent
 from rewards.functions import AGGREGATIONS
-from rewards.scoring import readable_gold, run_programs
+from rewards.scoring import printed_answer, readable_gold, run_programs
 from stages.common.generation import generate
 from stages.common.pot import build_messages, extract_program, program_key
 from stages.common.steps import split_program
@@ -375,9 +375,7 @@ class _Item:
 def gold_accepts(v: Verification, gold: str) -> bool:
     """Whether the version ran and printed the gold answer (``gold``: a readable gold answer), judged
     as ``rewards.score_pot`` judges it."""
-    if v.status != "ok" or v.answer is None:
-        return False
-    return is_equivalent(extract_answer(v.answer) or v.answer.strip(), gold)
+    return v.status == "ok" and is_equivalent(printed_answer(v.answer), gold)
 
 
 def repair(policy: Any, items: Sequence[dict], options: RepairOptions | None = None, *, scorer: Any = None,
@@ -487,9 +485,8 @@ def _record(item: dict, s: _Item, options: RepairOptions) -> dict:
     def ranked(pool: list, k: int) -> tuple:
         return version_rank(pool[k][1], pool[k][2]), k
 
-    if s.gold is not None and s.versions[-1][2] is None:  # the gold accepted the last version: it is the final
-        completion, v, flag = s.versions[-1]
-    elif options.final == "last":
+    gold_accepted_last = s.gold is not None and s.versions[-1][2] is None  # then the last version is the final
+    if gold_accepted_last or options.final == "last":
         completion, v, flag = s.versions[-1]
     elif options.final == "vote" and s.votes:
         answer = max(s.votes, key=lambda a: (*s.votes[a], a == s.versions[0][1].answer))
