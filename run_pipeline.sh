@@ -196,11 +196,13 @@ for stage in $STAGES; do
   # synth writes data and prm a step classifier, neither is a policy that generates).
   if [ "$stage" != synth ] && [ "$stage" != prm ] && [ -f eval/gsm8k.py ] && [ -f "$RECIPE/eval.yaml" ]; then
     echo "=== [eval $stage]"
+    t0=$(date +%s)
     if ! .venv/bin/accelerate launch "${LAUNCH_ARGS[@]}" --mixed_precision "$(mixed_precision "$RECIPE/eval.yaml")" \
         -m eval.gsm8k --config "$RECIPE/eval.yaml" --model "$RUNS_DIR/$RUN/$stage"; then
       echo "run_pipeline: evaluation of stage '$stage' FAILED" >&2
       exit 1
     fi
+    echo "=== [eval $stage] done in $(( $(date +%s) - t0 ))s"
   fi
 done
 echo
