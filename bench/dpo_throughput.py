@@ -24,15 +24,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import REPO, Figure, finish, parser  # noqa: E402  (also puts the repo on sys.path)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RECIPE = REPO / "recipes" / "tiny" / "dpo.yaml"
@@ -55,35 +56,8 @@ def verbose_solutions(path: Path, n: int) -> Path:
     return path
 
 
-def figure(name: str, value: float, baseline: float, baseline_name: str, target: float, unit: str = "") -> dict:
-    ratio = value / baseline if baseline else float("nan")
-    return {"name": name, "value": value, "unit": unit, "baseline": baseline, "baseline_name": baseline_name,
-            "ratio": ratio, "target": target, "direction": ">=", "target_of": "ratio", "note": None,
-            "met": bool(math.isfinite(ratio) and ratio >= target)}
-
-
-def finish(opts: argparse.Namespace, name: str, figures: list[dict], details: dict) -> int:
-    """The bench protocol's ending: one RESULT line, the --json record, the --check exit status."""
-    missed = [f["name"] for f in figures if f["met"] is False]
-    record = {"format": 1, "benchmark": name, "quick": bool(opts.quick), "status": "missed" if missed else "met",
-              "skipped": None, "missed": missed, "figures": figures, "details": details}
-    if opts.json:
-        opts.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = opts.json.with_name(f".{opts.json.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        tmp.replace(opts.json)
-    parts = [f"{f['name']} {f['ratio']:.3g} (target >= {f['target']:g}: {'met' if f['met'] else 'MISSED'})"
-             for f in figures]
-    verdict = "all targets met" if not missed else f"MISSED: {', '.join(missed)}"
-    print(f"RESULT {name}: {'; '.join(parts)} -> {verdict}", flush=True)
-    return 1 if opts.check and missed else 0
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a short run (what `make bench` runs by default)")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures to this file")
+    ap = parser(__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=2, help="runs of each side (alternating order); the best counts")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -144,7 +118,8 @@ def main() -> int:
     stage_s = min(r["train_s"] for r in runs["stage"])
     bare_s = min(r["train_s"] for r in runs["bare"])
 
-    figures = [figure("stage_vs_bare_dpo", tokens / stage_s, tokens / bare_s, "bare DPOTrainer", TARGET, "tokens/s")]
+    figures = [Figure("stage_vs_bare_dpo", tokens / stage_s, "tokens/s", baseline=tokens / bare_s,
+                      baseline_name="bare DPOTrainer", target=TARGET)]
     details = {"steps": steps, "batch": batch, "tokens": tokens, "threads": torch.get_num_threads(),
                "stage_train_s": stage_s, "bare_train_s": bare_s, "runs": runs}
     print(json.dumps(details, indent=2))

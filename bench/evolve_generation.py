@@ -17,7 +17,7 @@ them the benchmark reports ``skipped``.
 
 Output: the figures as JSON, then one line ``RESULT evolve_generation: ... -> all targets met``
 (or ``MISSED: ...``); ``--json PATH`` also writes the record, ``--check`` exits 1 on a miss.
-(The flags and the line follow the bench/ protocol; this script carries its own small copy.)
+(The flags, the line and the record: bench/_harness.py, the bench/ protocol.)
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import ATMOST, REPO, Figure, finish, parser  # noqa: E402  (also puts the repo on sys.path)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 NAME = "evolve_generation"
@@ -41,46 +42,16 @@ TARGET_SCORING_SHARE = 0.2
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a short run (fewer problems, one repeat)")
-    ap.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures to this file")
+    ap = parser(__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", default=None, help="policy checkpoint (default: runs/tiny's latest policy)")
     ap.add_argument("--prm", default=None, help="PRM checkpoint (default: runs/tiny/prm)")
     ap.add_argument("--problems", type=int, default=96)
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=32, help="prompts per generate call")
+    ap.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (the tiny recipe's)")
     ap.add_argument("--repeats", type=int, default=2, help="alternating repeats of bare and stage (best kept)")
     ap.add_argument("--threads", type=int, default=None)
     return ap
-
-
-def _finish(opts, figures: list[dict], details: dict, skipped: str | None = None) -> int:
-    missed = [f["name"] for f in figures if f.get("met") is False]
-    record = {"format": 1, "benchmark": NAME, "quick": opts.quick, "status": "skipped" if skipped else
-              ("missed" if missed else "met"), "skipped": skipped, "missed": missed, "figures": figures,
-              "details": details}
-    if opts.json:
-        opts.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = opts.json.with_name(f".{opts.json.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-        tmp.replace(opts.json)
-    if skipped:
-        print(f"RESULT {NAME}: skipped ({skipped})", flush=True)
-        return 0
-    parts = [f"{f['name']} {f['ratio'] if f['target_of'] == 'ratio' else f['value']:.3g} "
-             f"(target {f['direction']} {f['target']}: {'met' if f['met'] else 'MISSED'})" for f in figures]
-    verdict = "all targets met" if not missed else f"MISSED: {', '.join(missed)}"
-    print(f"RESULT {NAME}: {'; '.join(parts)} -> {verdict}", flush=True)
-    return 1 if opts.check and missed else 0
-
-
-def _figure(name, value, unit, *, baseline=None, baseline_name=None, ratio=None, target, direction, target_of):
-    judged = ratio if target_of == "ratio" else value
-    met = judged >= target if direction == ">=" else judged <= target
-    return {"name": name, "value": value, "unit": unit, "baseline": baseline, "baseline_name": baseline_name,
-            "ratio": ratio, "target": target, "direction": direction, "target_of": target_of, "met": met}
 
 
 def _default_checkpoints(opts) -> tuple[str | None, str | None]:
@@ -104,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.problems, opts.repeats = min(opts.problems, 32), 1
     policy_path, prm_path = _default_checkpoints(opts)
     if policy_path is None or prm_path is None:
-        return _finish(opts, [], {}, skipped="no policy or PRM checkpoint: run ./run_pipeline.sh first, or pass "
+        return finish(opts, NAME, [], {}, skipped="no policy or PRM checkpoint: run ./run_pipeline.sh first, or pass "
                                              "--policy and --prm")
     import torch
 
@@ -166,19 +137,18 @@ def main(argv: list[str] | None = None) -> int:
 
     prm = PRMScorer(prm_path, batch_size=64, device="cpu")
     worker = Worker(sampler, SolutionScorer(prm, "min"), tok,
-                    SamplingOptions(num_samples=opts.samples, max_new_tokens=opts.max_new_tokens, threshold=0.6,
-                                    tree=TreeOptions(token_budget=512), compare_bon=True))
+                    SamplingOptions(num_samples=opts.samples, max_new_tokens=opts.max_new_tokens, threshold=0.0,
+                                    tree=TreeOptions(token_budget=512, threshold=0.0), compare_bon=True))
     t0 = time.perf_counter()
     rows, summaries = worker.run(problems, seed=0, kept_before={})
     round_s = time.perf_counter() - t0
     t = worker.timings
     share = (t.sandbox_s + t.prm_s) / round_s
     figures = [
-        _figure("stage/bare tokens per s", stage_tok_s, "tok/s", baseline=bare_tok_s,
-                baseline_name="bare batched model.generate loop", ratio=stage_tok_s / bare_tok_s,
-                target=TARGET_RATIO, direction=">=", target_of="ratio"),
-        _figure("sandbox+PRM share of a round", share, "fraction", target=TARGET_SCORING_SHARE, direction="<=",
-                target_of="value"),
+        Figure("stage/bare tokens per s", stage_tok_s, "tok/s", baseline=bare_tok_s,
+               baseline_name="bare batched model.generate loop", target=TARGET_RATIO),
+        Figure("sandbox+PRM share of a round", share, "fraction", target=TARGET_SCORING_SHARE, direction=ATMOST,
+               target_of="value"),
     ]
     details = {"policy": policy_path, "prm": prm_path, "problems": len(problems), "samples": opts.samples,
                "threads": torch.get_num_threads(), "bare_tok_s": bare_runs, "stage_tok_s": stage_runs,
@@ -186,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                "round_solutions": len(rows), "tree_problems": sum(bool(s.get("tree")) for s in summaries),
                "median_ratio": statistics.median(s / b for s, b in zip(stage_runs, bare_runs, strict=True))}
     print(json.dumps(details, indent=2))
-    return _finish(opts, figures, details)
+    return finish(opts, NAME, figures, details)
 
 
 if __name__ == "__main__":

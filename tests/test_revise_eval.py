@@ -132,6 +132,7 @@ def test_report_shows_repair_beside_plain_pass_at_1(tmp_path: Path):
     (["--repair", "--repair_sets", "gsm8k:test"], "--repair_sets ['gsm8k:test'] are not among eval_sets"),
     (["--repair", "--repair_prompt", "chat"], "--repair: prompt must be one of"),
     (["--repair", "--repair_rounds", "0"], "rounds must be >= 1"),
+    (["--repair", "--repair_batch_size", "0"], "--repair_batch_size must be >= 1, got 0"),
     (["--repair", "--task", "cot"], "--repair repairs PoT programs"),
 ])
 def test_bad_repair_options_are_refused_before_loading(argv, message):
@@ -139,3 +140,12 @@ def test_bad_repair_options_are_refused_before_loading(argv, message):
 
     with pytest.raises(SystemExit, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_args(["--model", "m", "--eval_sets", "arith:test:3", *argv])
+
+
+def test_repair_batch_size_reaches_the_loop_and_defaults_to_batch_size():
+    from eval.gsm8k import parse_args, repair_options
+    from stages.revise_lib import repair as loop
+
+    base = ["--model", "m", "--eval_sets", "arith:test:3", "--repair", "--batch_size", "100"]
+    assert repair_options(parse_args(base), loop).batch_size == 100
+    assert repair_options(parse_args([*base, "--repair_batch_size", "40"]), loop).batch_size == 40
