@@ -83,7 +83,8 @@ def main() -> int:
     data = verbose_solutions(tmp / "verified.jsonl", n=steps * batch + 64)
     overrides = ["--model_name_or_path", base, "--train_data", str(data), "--eval_data", "none",
                  "--max_steps", str(steps), "--save_strategy", "no", "--logging_steps", str(steps),
-                 "--per_device_train_batch_size", str(batch), "--max_train_samples", str(steps * batch)]
+                 "--per_device_train_batch_size", str(batch), "--max_train_samples", str(steps * batch),
+                 "--sample_problems", "none"]  # the pairs of the verbose solutions only: no sampling of the policy
 
     _, cfg, model_args = parse_config((DPOStageArguments, DPOConfig, ModelConfig),
                                       ["--config", str(RECIPE), *overrides, "--output_dir", str(tmp / "bare")])

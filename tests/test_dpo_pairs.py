@@ -213,7 +213,8 @@ def test_no_pairs_is_an_error_naming_the_sources_before_the_model_loads(tmp_path
     plain = _write(tmp_path / "plain.jsonl", [
         {k: v for k, v in solution("p1", PLAIN).items() if k != "pair_source"}])
     argv = ["--config", "recipes/tiny/dpo.yaml", "--runs_dir", str(tmp_path / "runs"), "--run", "r",
-            "--model_name_or_path", str(tiny_base), "--train_data", str(plain), "--eval_data", "none"]
+            "--model_name_or_path", str(tiny_base), "--train_data", str(plain), "--eval_data", "none",
+            "--sample_problems", "none"]  # the recipe samples the policy: a pair source, so no early error
     with pytest.raises(DataFormatError, match=r"plain\.jsonl: gives no preference pair .*unchanged"):
         dpo.main(argv)
     assert not (tmp_path / "runs" / "r" / "dpo").exists()

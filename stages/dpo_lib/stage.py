@@ -58,7 +58,8 @@ class DPOStageArguments(PolicyTrainingArguments):
                 "warning (a recipe that reads @revise when revise may not have run); with true, that is an error."})
     sample_problems: list[str] = field(default_factory=list, metadata={
         "help": "Problem sources to sample the policy on (arith:..., gsm8k:..., a jsonl of Problems): its correct "
-                "samples give strip and sampled pairs, its wrong ones correct_vs_wrong pairs. Empty: no sampling."})
+                "samples give strip and sampled pairs, its wrong ones correct_vs_wrong pairs. Empty or 'none': no "
+                "sampling."})
     samples_per_problem: int = field(default=4, metadata={"help": "Samples per problem."})
     sample_temperature: float = field(default=1.0, metadata={"help": "Sampling temperature."})
     sample_top_p: float = field(default=1.0, metadata={"help": "Sampling top-p."})
@@ -160,6 +161,7 @@ def prepare(configs: StageConfigs) -> StagePlan:
     options = pair_options(args, cfg.seed)
     t0 = time.perf_counter()
     data = read_sources(args.train_data, args.run_dir, required=args.sources_required)
+    args.sample_problems = [s for s in args.sample_problems if s.lower() != "none"]  # 'none': a recipe's list off
     for src in args.sample_problems:  # read and checked now; sampled in build
         load_problems(src, seed=cfg.seed)
     if not data.solutions and not data.pairs and not args.sample_problems:
