@@ -40,6 +40,12 @@ class ConfigError(ValueError):
     """A recipe or command line that does not fit the stage's config."""
 
 
+def list_option(values: Sequence[str]) -> list[str]:
+    """A list option without its ``none`` entries: ``--eval_data none`` turns a recipe's list off on the
+    command line, where an empty list cannot be written."""
+    return [v for v in values if v.lower() != "none"]
+
+
 def mapping_option(value: dict | str | None, name: str, what: str) -> dict | None:
     """A recipe option that maps names to values: a YAML mapping, or a JSON object on the command line.
     None (or "") when unset; a ConfigError naming the option otherwise."""

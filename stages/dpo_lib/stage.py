@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stages.common.checkpoint import CheckpointError, resolve_parent, stage_ref
-from stages.common.config import ConfigError, mapping_option
+from stages.common.config import ConfigError, list_option, mapping_option
 from stages.common.data import DataFormatError, load_problems, read_jsonl
 from stages.common.modeling import TINY, load_tokenizer, peft_config
 from stages.common.pot import build_messages
@@ -158,10 +158,10 @@ def prepare(configs: StageConfigs) -> StagePlan:
     """Read every source and build its pairs now (the sandbox checks every stripped program), so
     that bad data, and no pair at all with nothing to sample, fail before the model loads."""
     args, cfg, model_args = configs.args, configs.training, configs.model
+    args.sample_problems = list_option(args.sample_problems)  # before pair_options, which checks it
     options = pair_options(args, cfg.seed)
     t0 = time.perf_counter()
     data = read_sources(args.train_data, args.run_dir, required=args.sources_required)
-    args.sample_problems = [s for s in args.sample_problems if s.lower() != "none"]  # 'none': a recipe's list off
     for src in args.sample_problems:  # read and checked now; sampled in build
         load_problems(src, seed=cfg.seed)
     if not data.solutions and not data.pairs and not args.sample_problems:

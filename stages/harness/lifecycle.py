@@ -34,7 +34,7 @@ from stages.common.checkpoint import (
     resolve_policy,
     stage_ref,
 )
-from stages.common.config import ConfigError, parse_config, resolved_config
+from stages.common.config import ConfigError, list_option, parse_config, resolved_config
 from stages.common.data import DataFormatError, load_problems, write_json, write_jsonl
 from stages.common.memory import check_memory_plan, flat_values
 from stages.common.modeling import check_device_support, full_state_dict, materialize_parent
@@ -276,7 +276,7 @@ def _prepare_policy_stage(configs: StageConfigs, stage: str) -> dict[str, list[d
                           "id or 'tiny')")
     model_args.model_name_or_path = resolve_policy(model_args.model_name_or_path, args.run_dir, stage)
     args.train_data = [stage_ref(s, args.run_dir) for s in args.train_data]
-    args.eval_data = [stage_ref(s, args.run_dir) for s in args.eval_data if s.lower() != "none"]
+    args.eval_data = [stage_ref(s, args.run_dir) for s in list_option(args.eval_data)]
     seed = getattr(configs.training, "seed", 0)
     eval_sets = {src: load_problems(src, seed=seed) for src in args.eval_data}
     check_golds(eval_sets)

@@ -23,7 +23,7 @@ from trl import ModelConfig, SFTConfig
 
 from rewards import score_pot
 from stages.common.checkpoint import CheckpointError, resolve_parent, stage_ref
-from stages.common.config import ConfigError
+from stages.common.config import ConfigError, list_option
 from stages.common.data import DataFormatError, load_gold_problems, load_problems
 from stages.common.pot import extract_program, program_key
 from stages.harness import PolicyTrainingArguments, Stage, StageConfigs, StageContext, StagePlan, StageResult
@@ -168,8 +168,8 @@ def prepare(configs: StageConfigs, *, scorer_factory: Any = None) -> StagePlan:
     if args.samples_per_problem < 1 or args.chunk_size < 1:
         raise ConfigError("samples_per_problem and chunk_size must be >= 1")
     prm_path = resolve_prm(args, args.run_dir, scorer_factory)
-    args.train_data = [s for s in args.train_data if s.lower() != "none"]
-    args.solutions = [s for s in args.solutions if s.lower() != "none"]
+    args.train_data = list_option(args.train_data)
+    args.solutions = list_option(args.solutions)
     problems: list[dict] = []
     if args.train_data:
         by_source = load_gold_problems(args.train_data, seed=cfg.seed, needed_by="revise")
