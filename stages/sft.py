@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from trl import ModelConfig, SFTConfig
 
 from stages.harness import (
-    PolicyTrainingArguments,
     Stage,
     StageConfigs,
     StageContext,
     StagePlan,
     StageResult,
+    SupervisedTrainingArguments,
     cli,
 )
 from stages.harness.policy import input_files
@@ -27,7 +27,7 @@ from stages.harness.supervised import load_solution_rows, train_supervised
 
 
 @dataclass
-class SFTStageArguments(PolicyTrainingArguments):
+class SFTStageArguments(SupervisedTrainingArguments):
     train_data: list[str] = field(
         default_factory=lambda: ["arith:train:4000"],
         metadata={"help": "Training data: synth checkpoints (their verified.jsonl), Verified-solution jsonl "

@@ -44,7 +44,14 @@ from stages.evolve_lib.metrics import round_metrics, timing_metrics
 from stages.evolve_lib.sampling import SolutionScorer, Timings, TransformersSampler, VLLMSampler
 from stages.evolve_lib.tree import BRANCH_AT, SELECTIONS, TreeOptions
 from stages.evolve_lib.worker import SamplingOptions, Worker
-from stages.harness import PolicyTrainingArguments, Stage, StageConfigs, StageContext, StagePlan, StageResult
+from stages.harness import (
+    Stage,
+    StageConfigs,
+    StageContext,
+    StagePlan,
+    StageResult,
+    SupervisedTrainingArguments,
+)
 from stages.harness.journal import Journal
 from stages.harness.policy import check_golds, input_files
 from stages.harness.supervised import load_solution_rows, train_supervised
@@ -56,7 +63,7 @@ AGGREGATION_CHOICES = ("min", "product", "last")
 
 
 @dataclass
-class EvolveArguments(PolicyTrainingArguments):
+class EvolveArguments(SupervisedTrainingArguments):
     """Arguments of the evolve stage besides ``SFTConfig`` (each round's fine-tuning) and
     ``ModelConfig``."""
 

@@ -6,9 +6,9 @@ helpers and pass@1 measurement (:mod:`stages.harness.policy`) and supervised fin
 Layer: above ``rewards`` (evaluation scores programs), below the per-stage libraries
 (``stages/<stage>_lib``) and the launch modules (``stages/<stage>.py``)."""
 
-from stages.harness.arguments import PolicyTrainingArguments, StageArguments
+from stages.harness.arguments import PolicyTrainingArguments, StageArguments, SupervisedTrainingArguments
 from stages.harness.lifecycle import Stage, StageConfigs, StageContext, StagePlan, StageResult, cli, run_stage
 from stages.harness.policy import Policy
 
-__all__ = ["Policy", "PolicyTrainingArguments", "Stage", "StageArguments", "StageConfigs", "StageContext",
+__all__ = ["Policy", "PolicyTrainingArguments", "Stage", "StageArguments", "StageConfigs", "StageContext", "SupervisedTrainingArguments",
            "StagePlan", "StageResult", "cli", "run_stage"]

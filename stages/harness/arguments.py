@@ -45,3 +45,16 @@ class PolicyTrainingArguments(StageArguments):
     eval_before: bool = field(default=True, metadata={"help": "Also measure the parent's pass@1 before training."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
     export_merged: bool = field(default=False, metadata={"help": "With LoRA, also save merged full weights."})
+
+
+@dataclass
+class SupervisedTrainingArguments(PolicyTrainingArguments):
+    """Arguments of the stages that fine-tune a policy on solutions with ``SFTTrainer`` (sft,
+    evolve's rounds, revise's training): ``stages.harness.supervised.train_supervised``."""
+
+    lm_head_loss: str = field(default="fused", metadata={
+        "help": "How the loss reaches the vocabulary. fused: TRL's tiled LM head, which never builds the full "
+                "logits (the choice for a large vocabulary, e.g. Qwen's 151k). logits: the loss from the model's "
+                "logits (stages/harness/logits_loss.py), a third less time per step on CPU for a small vocabulary "
+                "(recipes/tiny). Same loss, same logged metrics.",
+        "choices": ["fused", "logits"]})

@@ -51,19 +51,25 @@ def to_prompt_completion(row: dict) -> dict:
 
 def train_supervised(ctx: Any, model: Any, tokenizer: Any, rows: Sequence[dict], training_args: Any,
                      model_args: Any = None, *, subdir: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """Fine-tune ``model`` on ``rows`` with ``SFTTrainer``; checkpoints go into the build's
+    """Fine-tune ``model`` on ``rows`` with ``SFTTrainer`` (its loss from the full logits with the
+    stage's ``lm_head_loss: logits``, ``stages.harness.logits_loss``); checkpoints go into the build's
     ``.partial`` folder (``subdir`` for one of several rounds) and an interrupted run resumes.
     Returns the trained model (LoRA merged when the stage loads plain weights next) and metrics."""
     import datasets  # deferred: heavy
     from trl import SFTTrainer  # deferred: heavy
 
+    trainer_class = SFTTrainer
+    if ctx.configs.args.lm_head_loss == "logits":
+        from stages.harness.logits_loss import LogitsLossSFTTrainer  # deferred: imports trl
+
+        trainer_class = LogitsLossSFTTrainer
     if subdir is not None:
         training_args = copy.copy(training_args)
     ctx.point_trainer(training_args, subdir)
     tokenizer.padding_side = "right"
     dataset = datasets.Dataset.from_list([to_prompt_completion(r) for r in rows])
     t0 = time.perf_counter()
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
+    trainer = trainer_class(model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
                          peft_config=peft_config(model_args) if model_args is not None else None)
     log.info("%d training rows tokenized in %.1fs", len(rows), time.perf_counter() - t0)
     metrics = ctx.train(trainer, subdir=subdir)
