@@ -46,7 +46,8 @@ def _dpo(runs: Path, parent: Path, data: Path, *extra: str, check: bool = True):
            "--run", "r", "--model_name_or_path", str(parent), "--train_data", str(data),
            "--eval_data", "arith:test:16", "--eval_batch_size", "16", "--eval_max_new_tokens", "48",
            "--max_train_samples", "32", "--per_device_train_batch_size", "8", "--logging_steps", "1",
-           "--save_steps", "2", "--sample_problems", "none", *extra]  # extra may sample (the last flag counts)
+           "--save_steps", "2", "--num_train_epochs", "1", "--sample_problems", "none",
+           *extra]  # extra may sample (the last flag counts)
     return subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, check=check, timeout=600)
 
 
