@@ -44,14 +44,8 @@ from stages.evolve_lib.metrics import round_metrics, timing_metrics
 from stages.evolve_lib.sampling import SolutionScorer, Timings, TransformersSampler, VLLMSampler
 from stages.evolve_lib.tree import BRANCH_AT, SELECTIONS, TreeOptions
 from stages.evolve_lib.worker import SamplingOptions, Worker
-from stages.harness import (
-    Stage,
-    StageConfigs,
-    StageContext,
-    StagePlan,
-    StageResult,
-    SupervisedTrainingArguments,
-)
+from stages.harness import Stage, StageConfigs, StageContext, StagePlan, StageResult
+from stages.harness.arguments import SupervisedTrainingArguments
 from stages.harness.journal import Journal
 from stages.harness.policy import check_golds, input_files
 from stages.harness.supervised import load_solution_rows, train_supervised

@@ -26,14 +26,8 @@ from stages.common.checkpoint import CheckpointError, resolve_parent, stage_ref
 from stages.common.config import ConfigError, list_option
 from stages.common.data import DataFormatError, load_gold_problems, load_problems
 from stages.common.pot import extract_program, program_key
-from stages.harness import (
-    Stage,
-    StageConfigs,
-    StageContext,
-    StagePlan,
-    StageResult,
-    SupervisedTrainingArguments,
-)
+from stages.harness import Stage, StageConfigs, StageContext, StagePlan, StageResult
+from stages.harness.arguments import SupervisedTrainingArguments
 from stages.harness.journal import Journal
 from stages.harness.policy import check_golds, input_files, sample_solutions
 from stages.harness.supervised import train_supervised
