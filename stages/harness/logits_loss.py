@@ -6,8 +6,8 @@ Why our own: TRL 1.16's ``SFTTrainer`` always patches the model with its fused L
 GPU, and TRL offers no switch to turn it off. On a CPU with a small vocabulary (the embedded tiny
 model: 1,024 tokens, the logits of a batch are about 3 MB) its tiles cost a third of every step:
 60 steps of recipes/tiny/sft.yaml's batches took 3.0 s fused against 2.0 s from the logits
-(forward and backward, the same metrics; /work/exp/e21/fuse.py, bench/sft_throughput.py reports
-the stage's figure). This trainer computes the same loss, normalised the same way, and logs the
+(forward and backward, the same metrics; bench/README.md, Findings; bench/sft_throughput.py runs the
+stage both ways). This trainer computes the same loss, normalised the same way, and logs the
 same metrics (``entropy``, ``mean_token_accuracy``, ``num_tokens``); every configuration it does not
 cover (another loss type, label smoothing, a custom loss, MoE auxiliary loss, sequence
 parallelism's pre-shifted labels) goes to TRL's own ``compute_loss``.
