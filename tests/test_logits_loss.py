@@ -4,6 +4,7 @@ metrics as TRL's fused LM head on the same batch, and the stages that fine-tune 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +101,19 @@ def test_stages_that_fine_tune_take_the_option():
     for cls in (SFTStageArguments, EvolveArguments, ReviseArguments):
         assert issubclass(cls, SupervisedTrainingArguments)
         assert cls().lm_head_loss == "fused"  # TRL's default unless a recipe says otherwise
+
+
+def test_a_recipe_value_outside_the_choices_is_refused_naming_the_file(tmp_path):
+    """argparse checks ``choices`` on the command line only: the dataclass checks a recipe's value."""
+    from trl import ModelConfig, SFTConfig
+
+    from stages.common.config import ConfigError, parse_config
+    from stages.sft import SFTStageArguments
+
+    recipe = (Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "sft.yaml").read_text()
+    assert "lm_head_loss: logits" in recipe
+    bad = tmp_path / "sft.yaml"
+    bad.write_text(recipe.replace("lm_head_loss: logits", "lm_head_loss: logit"))
+    refused = r"sft\.yaml: .*lm_head_loss must be one of \['fused', 'logits'\], got 'logit'"
+    with pytest.raises(ConfigError, match=refused):
+        parse_config((SFTStageArguments, SFTConfig, ModelConfig), ["--config", str(bad)])

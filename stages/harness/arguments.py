@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+LM_HEAD_LOSSES = ("fused", "logits")  # SupervisedTrainingArguments.lm_head_loss
+
 
 @dataclass
 class StageArguments:
@@ -57,4 +59,9 @@ class SupervisedTrainingArguments(PolicyTrainingArguments):
                 "logits (the choice for a large vocabulary, e.g. Qwen's 151k). logits: the loss from the model's "
                 "logits (stages/harness/logits_loss.py), a third less time per step on CPU for a small vocabulary "
                 "(recipes/tiny). Same loss, same logged metrics.",
-        "choices": ["fused", "logits"]})
+        "choices": list(LM_HEAD_LOSSES)})
+
+    def __post_init__(self) -> None:
+        # argparse checks `choices` on the command line only; a recipe's value reaches the field unchecked
+        if self.lm_head_loss not in LM_HEAD_LOSSES:
+            raise ValueError(f"lm_head_loss must be one of {list(LM_HEAD_LOSSES)}, got {self.lm_head_loss!r}")
