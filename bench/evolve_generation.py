@@ -1,19 +1,29 @@
 """Evolve's sampling path against a bare batched ``model.generate`` loop, and the share of the
-sandbox and the PRM in a round's sampling work, measured in the same run.
+sandbox and the PRM in the stage's time, measured in the same run.
 
     python bench/evolve_generation.py [--quick] [--check] [--json PATH]
-        [--policy runs/tiny/grpo] [--prm runs/tiny/prm] [--problems 96] [--samples 8] [--repeats 2]
+        [--policy runs/tiny/grpo] [--prm runs/tiny/prm] [--recipe recipes/tiny/evolve.yaml]
+        [--problems 96] [--repeats 2]
 
-Same policy, same chat prompts (arithmetic train problems), same sampling settings and batch size:
-  1. bare: ``model.generate`` over batches of prompts (``num_return_sequences`` = N), nothing else
-     timed (the tokens are counted afterwards, the same way as for the stage);
-  2. the stage's sampling path (``stages.evolve_lib.sampling.TransformersSampler``: templated
-     prompts, length-sorted batches, decoding and token counting included);
-  3. one round's work of the stage on these problems (``stages.evolve_lib.worker.Worker``:
-     best-of-N, sandbox, PRM, tree exploration and the equal-token control), timed by phase.
-Targets: stage tokens/s >= 0.8 x bare tokens/s; sandbox + PRM <= 20% of the round's sampling time.
-The policy and PRM default to this machine's tiny pipeline run (``./run_pipeline.sh``); without
-them the benchmark reports ``skipped``.
+The workload is the recipe's (``--recipe``, parsed as the stage parses it): its problem sources in
+their proportions (scaled to ``--problems``, drawn with another seed than the stage's), samples per
+problem, decoding, batch size, keep filter and tree options. The policy defaults to the stage's
+parent in the default run (grpo), the PRM to that run's.
+  1. bare: ``model.generate`` over batches of prompts (``num_return_sequences`` = N) on the policy
+     loaded with transformers' defaults, nothing else timed (the tokens are counted afterwards, the
+     same way as for the stage);
+  2. the stage's sampling path (``stages.evolve_lib.sampling.TransformersSampler``) on the policy
+     loaded as the stage loads it (the recipe's dtype and attention: the tiny recipes train with
+     eager attention, and generation switches to SDPA, ``stages.common.generation``): templated
+     prompts, length-sorted batches, decoding and token counting included;
+  3. the stage itself (``python -m stages.evolve`` with the recipe, on these problems, in a
+     temporary run folder that links the policy's run; no pass@1 eval): its metrics give the
+     sandbox and PRM seconds, its sampling (generation, scoring, tree exploration and the
+     equal-token control) and its build (sampling and the fine-tuning round).
+Targets: stage tokens/s >= 0.8 x bare tokens/s; sandbox + PRM <= 20% of the stage's time (its
+build; the harness's evals are left out, which only makes the share larger). Their share of the
+sampling alone is reported beside it.
+Without a policy and a PRM the benchmark reports ``skipped``.
 
 Output: the figures as JSON, then one line ``RESULT evolve_generation: ... -> all targets met``
 (or ``MISSED: ...``); ``--json PATH`` also writes the record, ``--check`` exits 1 on a miss.
@@ -26,7 +36,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,10 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     ap = parser(__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", default=None, help="policy checkpoint (default: runs/tiny's latest policy)")
     ap.add_argument("--prm", default=None, help="PRM checkpoint (default: runs/tiny/prm)")
+    ap.add_argument("--recipe", default=str(REPO / "recipes" / "tiny" / "evolve.yaml"),
+                    help="the evolve recipe whose problems, sampling and tree options make the workload")
     ap.add_argument("--problems", type=int, default=96)
-    ap.add_argument("--samples", type=int, default=8)
-    ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=16, help="prompts per generate call (the tiny recipe's)")
+    ap.add_argument("--samples", type=int, default=None, help="samples per problem (default: the recipe's)")
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="default: the recipe's")
+    ap.add_argument("--batch-size", type=int, default=None, help="prompts per generate call (default: the recipe's)")
     ap.add_argument("--repeats", type=int, default=2, help="alternating repeats of bare and stage (best kept)")
     ap.add_argument("--threads", type=int, default=None)
     return ap
@@ -60,8 +74,8 @@ def _default_checkpoints(opts) -> tuple[str | None, str | None]:
     run = REPO / "runs" / "tiny"
     policy, prm = opts.policy, opts.prm
     if policy is None:
-        try:
-            policy = resolve_policy("@latest_policy", run)
+        try:  # the policy evolve samples from in the default run: the newest before evolve (grpo)
+            policy = resolve_policy("@latest_policy", run, stage="evolve")
         except CheckpointError:
             policy = None
     if prm is None and (run / "prm").is_dir():
@@ -69,33 +83,92 @@ def _default_checkpoints(opts) -> tuple[str | None, str | None]:
     return policy, prm
 
 
+def _recipe_workload(opts):
+    """The recipe parsed as the stage parses it (its arguments, checked), its problem sources with
+    their counts scaled to ``opts.problems`` (each source keeps its share) and drawn with seed 11
+    (the stage draws its own), and the recipe's values for the options not given here."""
+    from stages.common.config import parse_config
+    from stages.evolve_lib.stage import check_options, evolve_stage
+
+    stage = evolve_stage()
+    args, _, model_args = parse_config(stage.config_types, ["--config", opts.recipe], prog=NAME)
+    counts = [int(spec.split(":")[2]) for spec in args.train_data]  # arith:<split>:<n>[:seed][:levels=...]
+    specs, left = [], opts.problems
+    for k, spec in enumerate(args.train_data):
+        parts = spec.split(":")
+        count = left if k == len(counts) - 1 else max(1, round(opts.problems * counts[k] / sum(counts)))
+        left -= count
+        rest = [x for x in parts[4:] if x.startswith("levels=")] if len(parts) > 3 else []
+        specs.append(":".join([parts[0], parts[1], str(count), "11", *rest]))
+    for name, value in (("samples", args.num_samples), ("max_new_tokens", args.max_new_tokens),
+                        ("batch_size", args.generation_batch_size)):
+        if getattr(opts, name) is None:
+            setattr(opts, name, value)
+    return specs, (args, model_args), check_options(args)
+
+
+def _run_stage(opts, specs: list[str], policy_path: str, prm_path: str) -> dict:
+    """The evolve stage on ``specs`` in a temporary run folder that links the policy's run (its
+    ``@synth`` for the recipe's mix); its metrics.json and wall seconds."""
+    import yaml
+
+    from stages.common.checkpoint import resolve_parent
+
+    policy_run = Path(resolve_parent(policy_path).path).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="bench-evolve-") as tmp:
+        run = Path(tmp) / "bench"
+        run.mkdir()
+        for name in ("base", "synth", "sft"):
+            if (policy_run / name).is_dir():
+                (run / name).symlink_to(policy_run / name)
+        overrides = {"base": str(Path(opts.recipe).resolve()), "train_data": specs, "eval_data": ["none"],
+                     "eval_before": False, "model_name_or_path": str(Path(policy_path).resolve()),
+                     "prm_checkpoint": str(Path(prm_path).resolve()),
+                     "num_samples": opts.samples, "max_new_tokens": opts.max_new_tokens,
+                     "generation_batch_size": opts.batch_size}
+        if not (run / "synth").is_dir():  # no teacher data to mix in beside this policy
+            overrides.update(mix_data=[], mix_ratio=0.0)
+        recipe = Path(tmp) / "evolve.yaml"
+        recipe.write_text(yaml.safe_dump(overrides, sort_keys=False))
+        cmd = [sys.executable, "-m", "stages.evolve", "--config", str(recipe), "--run", "bench", "--runs_dir", tmp]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+        metrics = json.loads((run / "evolve" / "latest" / "metrics.json").read_text())
+    return {"metrics": metrics, "wall_s": wall}
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = _parser().parse_args(argv)
     if opts.quick:
         opts.problems, opts.repeats = min(opts.problems, 32), 1
+    specs, (args, model_args), _ = _recipe_workload(opts)
     policy_path, prm_path = _default_checkpoints(opts)
     if policy_path is None or prm_path is None:
         return finish(opts, NAME, [], {}, skipped="no policy or PRM checkpoint: run ./run_pipeline.sh first, or pass "
                                              "--policy and --prm")
     import torch
+    from transformers import AutoModelForCausalLM
 
     from stages.common.checkpoint import resolve_parent
     from stages.common.data import load_problems
     from stages.common.generation import chat_prompts
-    from stages.evolve_lib.sampling import SolutionScorer, TransformersSampler
-    from stages.evolve_lib.tree import TreeOptions
-    from stages.evolve_lib.worker import SamplingOptions, Worker
+    from stages.evolve_lib.sampling import TransformersSampler
     from stages.harness.policy import load_policy
-    from stages.prm_lib.scorer import PRMScorer
 
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    policy = load_policy(resolve_parent(policy_path).path)
+    folder = resolve_parent(policy_path).path
+    policy = load_policy(folder, model_args)  # as the stage loads it: the recipe's dtype and attention
     model, tok = policy.model, policy.tokenizer
     model.eval()
-    problems = load_problems(f"arith:train:{opts.problems}:11", seed=0)
+    bare_model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()  # transformers' defaults
+    problems = [p for spec in specs for p in load_problems(spec, seed=0)]
     prompts = chat_prompts(tok, [p["question"] for p in problems])
-    sampling = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": opts.max_new_tokens}
+    temperature, top_p = args.temperature, args.top_p
+    sampling = {"temperature": temperature, "top_p": top_p, "max_new_tokens": opts.max_new_tokens}
     stop = sorted({tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")} - {None})
 
     def count(texts: list[str]) -> int:
@@ -110,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 enc = tok(prompts[start : start + opts.batch_size], return_tensors="pt", padding=True,
                           add_special_tokens=False)
                 t0 = time.perf_counter()
-                out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=None,
+                out = bare_model.generate(**enc, do_sample=True, temperature=temperature, top_p=top_p, top_k=None,
                                      max_new_tokens=opts.max_new_tokens, num_return_sequences=opts.samples,
                                      eos_token_id=stop, pad_token_id=tok.pad_token_id)
                 elapsed += time.perf_counter() - t0
@@ -135,25 +208,27 @@ def main(argv: list[str] | None = None) -> int:
         stage_runs.append(n / s)
     bare_tok_s, stage_tok_s = max(bare_runs), max(stage_runs)
 
-    prm = PRMScorer(prm_path, batch_size=64, device="cpu")
-    worker = Worker(sampler, SolutionScorer(prm, "min"), tok,
-                    SamplingOptions(num_samples=opts.samples, max_new_tokens=opts.max_new_tokens, threshold=0.0,
-                                    tree=TreeOptions(token_budget=512, threshold=0.0), compare_bon=True))
-    t0 = time.perf_counter()
-    rows, summaries = worker.run(problems, seed=0, kept_before={})
-    round_s = time.perf_counter() - t0
-    t = worker.timings
-    share = (t.sandbox_s + t.prm_s) / round_s
+    stage_run = _run_stage(opts, specs, policy_path, prm_path)
+    round_metrics = stage_run["metrics"]["rounds"][0]
+    scoring = round_metrics["sandbox_s"] + round_metrics["prm_s"]
+    build_s = stage_run["metrics"]["build_wall_s"]
+    share = scoring / build_s
     figures = [
         Figure("stage/bare tokens per s", stage_tok_s, "tok/s", baseline=bare_tok_s,
                baseline_name="bare batched model.generate loop", target=TARGET_RATIO),
-        Figure("sandbox+PRM share of a round", share, "fraction", target=TARGET_SCORING_SHARE, direction=ATMOST,
-               target_of="value"),
+        Figure("sandbox+PRM share of the stage's time", share, "fraction", target=TARGET_SCORING_SHARE,
+               direction=ATMOST, target_of="value"),
+        Figure("sandbox+PRM share of the stage's sampling", round_metrics["scoring_share_of_sampling"], "fraction",
+               note="generation, scoring, tree and control; the fine-tuning left out (no target)"),
     ]
-    details = {"policy": policy_path, "prm": prm_path, "problems": len(problems), "samples": opts.samples,
+    details = {"policy": policy_path, "prm": prm_path, "recipe": opts.recipe, "problem_sources": specs,
+               "problems": len(problems), "samples": opts.samples, "max_new_tokens": opts.max_new_tokens,
                "threads": torch.get_num_threads(), "bare_tok_s": bare_runs, "stage_tok_s": stage_runs,
-               "round_s": round(round_s, 3), "round_timings": t.to_json(),
-               "round_solutions": len(rows), "tree_problems": sum(bool(s.get("tree")) for s in summaries),
+               "stage_wall_s": round(stage_run["wall_s"], 3), "stage_build_s": build_s,
+               "stage_sampling_s": round_metrics["generation_wall_s"], "stage_train_s": round_metrics["train_wall_s"],
+               "stage_generation_s": round_metrics["generation_s"], "stage_sandbox_s": round_metrics["sandbox_s"],
+               "stage_prm_s": round_metrics["prm_s"], "stage_generated_tokens_per_s": round_metrics[
+                   "generated_tokens_per_s"], "stage_kept": round_metrics["kept"],
                "median_ratio": statistics.median(s / b for s, b in zip(stage_runs, bare_runs, strict=True))}
     print(json.dumps(details, indent=2))
     return finish(opts, NAME, figures, details)

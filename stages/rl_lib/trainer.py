@@ -1,6 +1,8 @@
 """``TimedGRPOTrainer``: TRL's ``GRPOTrainer`` that also logs the step-time split (generation,
 rewards, optimisation) and, per reward, the share of groups whose rewards have zero spread, with a
-warning when most groups of the primary reward do (TRL logs neither)."""
+warning when most groups of the primary reward do (TRL logs neither). It generates with the
+attention kernel ``stages.common.generation.generation_attention`` picks (SDPA for a model that
+trains with eager)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from typing import Any
 
 import torch
 from trl import GRPOTrainer
+
+from stages.common.generation import generation_attention
 
 log = logging.getLogger("mathforge.rl")
 
@@ -47,7 +51,8 @@ class TimedGRPOTrainer(GRPOTrainer):
     def _generate(self, prompts: list):
         t0 = time.perf_counter()
         try:
-            return super()._generate(prompts)
+            with generation_attention(self.model):  # eager trains faster here, SDPA generates faster
+                return super()._generate(prompts)
         finally:
             self._pending["generation_s"] += time.perf_counter() - t0
 
