@@ -55,7 +55,9 @@ TARGET_SCORING_SHARE = 0.2
 
 def _parser() -> argparse.ArgumentParser:
     ap = parser(__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", default=None, help="policy checkpoint (default: runs/tiny's latest policy)")
+    ap.add_argument("--policy", default=None,
+                    help="policy checkpoint (default: the one evolve samples from in runs/tiny: its newest policy "
+                         "before evolve, grpo)")
     ap.add_argument("--prm", default=None, help="PRM checkpoint (default: runs/tiny/prm)")
     ap.add_argument("--recipe", default=str(REPO / "recipes" / "tiny" / "evolve.yaml"),
                     help="the evolve recipe whose problems, sampling and tree options make the workload")
@@ -92,14 +94,19 @@ def _recipe_workload(opts):
 
     stage = evolve_stage()
     args, _, model_args = parse_config(stage.config_types, ["--config", opts.recipe], prog=NAME)
-    counts = [int(spec.split(":")[2]) for spec in args.train_data]  # arith:<split>:<n>[:seed][:levels=...]
+    sources = [spec.split(":") for spec in args.train_data]  # arith:<split>:<n>[:seed][:levels=...]
+    bad = [spec for spec, parts in zip(args.train_data, sources, strict=True)
+           if parts[0] != "arith" or len(parts) < 3 or not parts[2].isdigit()]
+    if bad:
+        raise SystemExit(f"{NAME}: {opts.recipe}: train_data {bad}: this benchmark scales 'arith:<split>:<n>' "
+                         "sources only; pass --recipe with such sources")
+    counts = [int(parts[2]) for parts in sources]
     specs, left = [], opts.problems
-    for k, spec in enumerate(args.train_data):
-        parts = spec.split(":")
+    for k, parts in enumerate(sources):
         count = left if k == len(counts) - 1 else max(1, round(opts.problems * counts[k] / sum(counts)))
         left -= count
-        rest = [x for x in parts[4:] if x.startswith("levels=")] if len(parts) > 3 else []
-        specs.append(":".join([parts[0], parts[1], str(count), "11", *rest]))
+        levels = [x for x in parts[3:] if x.startswith("levels=")]
+        specs.append(":".join([parts[0], parts[1], str(count), "11", *levels]))
     for name, value in (("samples", args.num_samples), ("max_new_tokens", args.max_new_tokens),
                         ("batch_size", args.generation_batch_size)):
         if getattr(opts, name) is None:
@@ -132,7 +139,8 @@ def _run_stage(opts, specs: list[str], policy_path: str, prm_path: str) -> dict:
         recipe.write_text(yaml.safe_dump(overrides, sort_keys=False))
         cmd = [sys.executable, "-m", "stages.evolve", "--config", str(recipe), "--run", "bench", "--runs_dir", tmp]
         t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(opts.threads)} if opts.threads else {})}
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -115,3 +115,28 @@ def test_every_benchmark_takes_the_common_flags():
         assert out.returncode == 0, (script.name, out.stderr[-2000:])
         for flag in ("--quick", "--check", "--json"):
             assert flag in out.stdout, (script.name, flag)
+
+
+def test_evolve_generation_takes_the_recipes_workload_scaled_and_refuses_other_sources(tmp_path):
+    import argparse
+
+    import evolve_generation  # bench/evolve_generation.py
+
+    def opts(recipe, **kw):
+        return argparse.Namespace(recipe=str(recipe), problems=kw.get("problems", 96), samples=kw.get("samples"),
+                                  max_new_tokens=None, batch_size=None)
+
+    recipe = BENCH.parent / "recipes" / "tiny" / "evolve.yaml"  # 320 level-4 and 80 usual problems
+    o = opts(recipe, samples=4)
+    specs, (args, model_args), tree = evolve_generation._recipe_workload(o)
+    assert specs == ["arith:train:77:11:levels=4", "arith:train:19:11"]
+    assert (o.samples, o.max_new_tokens, o.batch_size) == (4, args.max_new_tokens, args.generation_batch_size)
+    assert model_args.attn_implementation == "eager"  # the stage's loading, which the stage path must use
+    assert tree is not None and tree.token_budget == args.tree_token_budget
+    other = tmp_path / "evolve.yaml"
+    other.write_text(f"base: {recipe}\ntrain_data: ['arith:train:50:levels=4', 'gsm8k:train:10']\n")
+    with pytest.raises(SystemExit, match="gsm8k:train:10"):
+        evolve_generation._recipe_workload(opts(other))
+    other.write_text(f"base: {recipe}\ntrain_data: ['arith:train:30:levels=4', 'arith:test:10:3']\n")
+    assert evolve_generation._recipe_workload(opts(other, problems=8))[0] == [
+        "arith:train:6:11:levels=4", "arith:test:2:11"]
