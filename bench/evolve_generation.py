@@ -218,9 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stage_run = _run_stage(opts, specs, policy_path, prm_path)
     round_metrics = stage_run["metrics"]["rounds"][0]
-    scoring = round_metrics["sandbox_s"] + round_metrics["prm_s"]
+    share = stage_run["metrics"]["scoring_share_of_build"]  # the stage's own figure: (sandbox + PRM) / build
     build_s = stage_run["metrics"]["build_wall_s"]
-    share = scoring / build_s
     figures = [
         Figure("stage/bare tokens per s", stage_tok_s, "tok/s", baseline=bare_tok_s,
                baseline_name="bare batched model.generate loop", target=TARGET_RATIO),
