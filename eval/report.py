@@ -446,7 +446,8 @@ def plot_lineage(rows: list[dict], out: Path) -> bool:
 def evolve_section(ckpts: list[Checkpoint], assets: Path) -> tuple[str, list[str], list[dict], str]:
     """The evolve panel: per checkpoint and round, yield, coverage (best-of-N alone and with the
     tree), tree exploration against plain best-of-N at the same generated tokens, generation speed
-    and the scoring share; and the PRM score histograms of kept and discarded solutions."""
+    and the sandbox + PRM share of the sampling and of the whole stage; and the PRM score histograms
+    of kept and discarded solutions."""
     rows, hists = [], []
     for c in ckpts:
         if c.stage != "evolve":
@@ -461,7 +462,9 @@ def evolve_section(ckpts: list[Checkpoint], assets: Path) -> tuple[str, list[str
                          "best-of-N solved / tokens (same budget)":
                              f"{tree.get('best_of_n_solved')} / {tree.get('best_of_n_tokens')}" if tree else "-",
                          "tokens/s": m.get("generated_tokens_per_s"),
-                         "sandbox+PRM share": m.get("scoring_share_of_sampling"),
+                         "sandbox+PRM share of sampling": m.get("scoring_share_of_sampling"),
+                         # the stage's build (sampling and fine-tuning, every round): #15's "of the stage's time"
+                         "sandbox+PRM share of the stage": c.metrics.get("scoring_share_of_build"),
                          "failed": m.get("problems_failed")})
             if isinstance(m.get("prm_histogram"), dict):
                 hists.append((f"{c.label} round {i}", m["prm_histogram"]))

@@ -368,7 +368,11 @@ def test_report_shows_the_evolve_panel(tmp_path):
     assert metrics["tree_vs_best_of_n"] == {"problems": 1, "tree_solved": 1, "tree_tokens": 40, "best_of_n_solved": 0,
                                             "best_of_n_tokens": 42, "stop_reasons": {"solved": 1}}
     ckpt = open_stage(tmp_path, "evolve", checkpoint_key(config={"s": 1}, parent=None, inputs=[], seed=0))
-    ckpt.finalize(metrics={"rounds": [metrics]})
+    ckpt.finalize(metrics={"rounds": [metrics], "scoring_share_of_build": 0.125})
     html_path, md_path = build(tmp_path)
     assert "Evolve: self-evolution" in html_path.read_text() and (tmp_path / "report_files" / "evolve.png").is_file()
     assert "1 / 40" in md_path.read_text() and "0 / 42" in md_path.read_text()
+    # both scoring shares, each named: of the sampling (the round's) and of the whole stage (its build)
+    header = next(line for line in md_path.read_text().splitlines() if "sandbox+PRM share of sampling" in line)
+    assert "sandbox+PRM share of the stage" in header
+    assert "| 0.125 |" in md_path.read_text()
