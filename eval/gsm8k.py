@@ -102,6 +102,11 @@ class EvalArguments:
     repair_final: str = field(default="best", metadata={
         "help": "The answer kept: best (the best-verified version), vote (the answer most of the loop's runs print), "
                 "last."})
+    repair_restart_after: int | None = field(default=None, metadata={
+        "help": "Rounds revising from the flagged step; later rounds rewrite the whole program (null: never)."})
+    repair_grounding: bool = field(default=False, metadata={
+        "help": "The verifier also flags a program that leaves a number of the problem unused or writes one the "
+                "problem does not give (stages/revise_lib/grounding.py: for quantity word problems)."})
     repair_max_growth: float = field(default=0.5, metadata={
         "help": "A revised program may grow to (1 + this) x the original's tokens (+16)."})
     repair_max_new_tokens: int = field(default=256, metadata={"help": "Generation budget of a revision."})
@@ -221,7 +226,8 @@ def repair_options(args: EvalArguments, loop: Any) -> Any:
                               temperature=args.repair_temperature, candidates=args.repair_candidates,
                               batch_size=args.repair_batch_size or args.batch_size, seed=args.seed,
                               aggregation=args.prm_aggregation,
-                              final=args.repair_final)
+                              final=args.repair_final, grounding=args.repair_grounding,
+                              restart_after=args.repair_restart_after)
 
 
 def semantic_config(args: EvalArguments) -> dict:

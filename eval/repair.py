@@ -64,7 +64,8 @@ def repair_eval(policy: Any, rows: list[dict], loop: Any, options: Any, *, score
     entries = [e for rec in records for e in rec["rounds"]]
     attempted = [rec["attempted"] for rec in records]
     metrics: dict[str, Any] = {
-        "rounds": options.rounds, "verifier": "prm+sandbox" if scorer is not None else "sandbox",
+        "rounds": options.rounds,
+        "verifier": ("prm+sandbox" if scorer is not None else "sandbox") + ("+grounding" if options.grounding else ""),
         "threshold": options.threshold if scorer is not None else None, "prompt": options.prompt,
         "n": len(rows), "pass@1_before": _rate(sum(before), len(rows)),
         "attempted": sum(attempted),
@@ -100,7 +101,7 @@ def best_of(policy: Any, rows: list[dict], records: list[dict], before: list[boo
                            max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
                            num_return_sequences=rounds, temperature=temperature, top_p=options.top_p,
                            seed=options.seed + 1, progress=progress)
-    verifier = loop.Verifier(tokenizer, scorer, aggregation=options.aggregation)
+    verifier = loop.Verifier(tokenizer, scorer, aggregation=options.aggregation, grounding=options.grounding)
     flat = [(j, text) for j, texts in enumerate(samples) for text in texts]
     checked = verifier.verify([rows[flagged[j]]["question"] for j, _ in flat], [t for _, t in flat])
     lengths = loop.token_counts(tokenizer, [t for _, t in flat])

@@ -44,6 +44,7 @@ from rewards.scoring import printed_answer, readable_gold, run_programs
 from stages.common.generation import generate
 from stages.common.pot import build_messages, extract_program, program_key
 from stages.common.steps import split_program
+from stages.revise_lib.grounding import check_grounding
 
 PROMPTS = ("feedback", "prefill")
 FINALS = ("best", "vote", "last")
@@ -70,6 +71,11 @@ class RepairOptions:
     seed: int = 0
     final: str = "best"                # best: the best-verified version (later wins ties); vote: see _record;
                                        # last: the last one
+    restart_after: int | None = None   # rounds revising from the flagged step; later rounds rewrite the whole
+                                       # program (a policy that repeats its slip from the kept steps may not from
+                                       # the start); None: always from the flagged step
+    grounding: bool = False            # also flag a program that leaves a number of the problem unused or writes
+                                       # one the problem does not give (stages.revise_lib.grounding)
 
     def check(self) -> None:
         """Raise ValueError naming the option that cannot work."""
@@ -86,6 +92,8 @@ class RepairOptions:
             problems.append(f"final must be one of {FINALS}, got {self.final!r}")
         if self.max_growth < 0 or self.growth_slack < 0:
             problems.append("max_growth and growth_slack must be >= 0")
+        if self.restart_after is not None and self.restart_after < 0:
+            problems.append(f"restart_after must be >= 0 (or null), got {self.restart_after}")
         if self.candidates < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
             problems.append("candidates, max_new_tokens and batch_size must be >= 1")
         if self.candidates > 1 and self.temperature <= 0:
@@ -113,6 +121,7 @@ class Verification:
     scores: list[float] | None = None     # PRM step scores (None: no PRM)
     score: float | None = None            # their aggregate
     program_tokens: int = 0
+    grounding: tuple[int, str] | None = None  # the first quantity slip: (0-based step, reason); None: none or unchecked
 
     @property
     def runs(self) -> bool:
@@ -127,7 +136,7 @@ class Verification:
         return {"status": self.status, "error_type": self.error_type, "error": self.error,
                 "error_step": None if self.error_step is None else self.error_step + 1, "answer": self.answer,
                 "step_scores": self.scores, "score": self.score, "n_steps": len(self.steps),
-                "program_tokens": self.program_tokens}
+                "program_tokens": self.program_tokens, "grounding": self.grounding[1] if self.grounding else None}
 
 
 def step_spans(program: str, steps: Sequence[str]) -> list[tuple[int, int]]:
@@ -172,17 +181,21 @@ def traceback_message(stderr: str | None, limit: int = 160) -> str | None:
 
 
 class Verifier:
-    """The sandbox and (optionally) a PRM scorer, on batches of completions: no gold answer."""
+    """The sandbox, (optionally) a PRM scorer and (optionally) the quantity-grounding check, on
+    batches of completions: no gold answer."""
 
-    def __init__(self, tokenizer: Any, scorer: Any = None, *, aggregation: str = "min", sandbox: Any = None):
+    def __init__(self, tokenizer: Any, scorer: Any = None, *, aggregation: str = "min", sandbox: Any = None,
+                 grounding: bool = False):
         self.tokenizer = tokenizer
         self.scorer = scorer
         self.aggregate = AGGREGATIONS[aggregation]
         self.sandbox = sandbox
+        self.grounding = grounding
 
     @property
     def signal(self) -> str:
-        return "prm+sandbox" if self.scorer is not None else "sandbox"
+        signal = "prm+sandbox" if self.scorer is not None else "sandbox"
+        return signal + "+grounding" if self.grounding else signal
 
     def verify(self, questions: Sequence[str], completions: Sequence[str]) -> list[Verification]:
         programs = [extract_program(c) for c in completions]
@@ -198,7 +211,7 @@ class Verifier:
                     scores[i] = [float(x) for x in s]
         lengths = token_counts(self.tokenizer, [p or "" for p in programs])
         out = []
-        for program, st, sc, n in zip(programs, steps, scores, lengths, strict=True):
+        for question, program, st, sc, n in zip(questions, programs, steps, scores, lengths, strict=True):
             if program is None:
                 out.append(Verification(None, [], [], "no_code"))
                 continue
@@ -208,7 +221,8 @@ class Verifier:
                 program, st, step_spans(program, st), res.status, res.error_type,
                 traceback_message(res.stderr) if failed else None,
                 traceback_line(res.stderr) if failed else None,
-                res.answer, sc, float(self.aggregate(sc)) if sc else None, n))
+                res.answer, sc, float(self.aggregate(sc)) if sc else None, n,
+                check_grounding(question, st) if self.grounding else None))
         return out
 
 
@@ -228,7 +242,7 @@ class Flag:
 
     step: int
     reason: str
-    kind: str  # no_program | error | timeout | no_answer | low_score | lowest | forced
+    kind: str  # no_program | error | timeout | no_answer | ungrounded | low_score | lowest | forced
 
     def as_dict(self) -> dict[str, Any]:
         return {"step": self.step + 1, "reason": self.reason, "kind": self.kind}
@@ -241,8 +255,8 @@ def _lowest(v: Verification) -> int | None:
 
 
 def flag_step(v: Verification, threshold: float | None, *, force: bool = False) -> Flag | None:
-    """The step to revise, or None when the verifier passes the program (it runs, prints an answer
-    and every PRM step score is at or above ``threshold``). ``force`` flags a program the verifier
+    """The step to revise, or None when the verifier passes the program (it runs, prints an answer,
+    every PRM step score is at or above ``threshold`` and, when checked, it has no quantity slip). ``force`` flags a program the verifier
     passes (an outside signal says it is wrong): its lowest-scored step, or the whole program
     without step scores."""
     if v.program is None or not v.steps:
@@ -260,6 +274,8 @@ def flag_step(v: Verification, threshold: float | None, *, force: bool = False) 
                           "timeout" if v.status == "timeout" else "error"))
     elif v.answer is None:
         found.append((len(v.steps) - 1, "the program printed no answer", "no_answer"))
+    if v.grounding is not None:
+        found.append((v.grounding[0], v.grounding[1], "ungrounded"))
     if v.scores and threshold is not None:
         under = next((k for k, s in enumerate(v.scores) if s < threshold), None)
         if under is not None:
@@ -391,7 +407,8 @@ def repair(policy: Any, items: Sequence[dict], options: RepairOptions | None = N
     options = options or RepairOptions()
     options.check()
     tokenizer = policy.tokenizer
-    verifier = Verifier(tokenizer, scorer, aggregation=options.aggregation, sandbox=sandbox)
+    verifier = Verifier(tokenizer, scorer, aggregation=options.aggregation, sandbox=sandbox,
+                        grounding=options.grounding)
     force = list(force) if force is not None else [False] * len(items)
     golds = [readable_gold(g) for g in golds] if golds is not None else [None] * len(items)
     if len(golds) != len(items):
@@ -420,12 +437,22 @@ def repair(policy: Any, items: Sequence[dict], options: RepairOptions | None = N
     return [_record(it, s, options) for it, s in zip(items, state, strict=True)]
 
 
+def _round_flag(s: _Item, rnd: int, options: RepairOptions) -> Flag:
+    """The flag round ``rnd`` revises from: the current version's, or (after ``restart_after`` rounds)
+    the same reason with the whole program rewritten."""
+    _, _, flag = s.current
+    if options.restart_after is not None and rnd > options.restart_after and flag.step > 0:
+        return Flag(0, flag.reason, flag.kind)
+    return flag
+
+
 def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: list[int], rnd: int,
                   options: RepairOptions, progress: bool) -> None:
     tokenizer = policy.tokenizer
     prompts, prefixes, budgets = [], [], []
     for i in active:
-        _, v, flag = state[i].current
+        _, v, _ = state[i].current
+        flag = _round_flag(state[i], rnd, options)
         prompts.append(revision_prompt(tokenizer, state[i].question, v.steps, flag, options.prompt))
         prefixes.append(kept_prefix(v.steps, flag))
     kept_tokens = token_counts(tokenizer, [p[len("```python\n"):] for p in prefixes])
@@ -444,7 +471,7 @@ def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: l
     deterministic = options.temperature <= 0
     for j, i in enumerate(active):
         s = state[i]
-        _, _, flag = s.current
+        flag = _round_flag(s, rnd, options)
         tried = by_item[j]
         s.extra_tokens += sum(n for _, _, n in tried)
         fresh, outcome = [], "repeat"

@@ -75,6 +75,9 @@ class ReviseArguments(SupervisedTrainingArguments):
     threshold: float | None = field(default=0.5, metadata={
         "help": "A step the PRM scores under this is flagged (null: the PRM only ranks versions)."})
     aggregation: str = field(default="min", metadata={"help": "A version's PRM score: min, product, last, mean."})
+    grounding: bool = field(default=False, metadata={
+        "help": "The verifier also flags a program that leaves a number of the problem unused or writes one the "
+                "problem does not give (stages/revise_lib/grounding.py: for quantity word problems)."})
     revise_prompt: str = field(default="prefill", metadata={
         "help": "The loop's prompt: feedback (numbered steps, the flagged step and why) or prefill (the plain PoT "
                 "prompt); the kept steps are prefilled in the assistant turn either way."})
@@ -108,7 +111,7 @@ class ReviseArguments(SupervisedTrainingArguments):
                              prompt=self.revise_prompt, max_growth=self.max_growth, growth_slack=self.growth_slack,
                              max_new_tokens=self.revise_max_new_tokens, temperature=self.revise_temperature,
                              candidates=self.candidates, batch_size=self.generation_batch_size, seed=seed,
-                             final=self.final)
+                             final=self.final, grounding=self.grounding)
 
 
 # ---------------------------------------------------------------------------------------------
