@@ -41,7 +41,7 @@ from typing import Any
 
 from eval import results as result_store
 from eval.hooks import StageUnavailable, load_prm, load_repair, prm_solution_scores, resolve_prm
-from eval.metrics import COT, JUDGE_SECONDS, MODES, POT, sample_ks
+from eval.metrics import COT, EXEC_MEMO, JUDGE_SECONDS, MODES, POT, sample_ks
 from eval.model import BACKENDS, MathforgeModel, load_vllm
 from eval.offline import check_versions, configure_offline, lighteval_patches
 from eval.passk import summarize_samples
@@ -329,9 +329,11 @@ def evaluate(args: EvalArguments, model: Any, tokenizer: Any, *, repair_loop: An
     lm = MathforgeModel(llm if llm is not None else model, tokenizer, name=args.model or "model",
                         batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                         cot_chat_template=args.cot_chat_template, backend=args.backend, progress=args.progress)
+    EXEC_MEMO.clear()  # the judge fills it with this evaluation's sandbox results; the repair loop reuses them
     details, aggregated = run_lighteval(lm, specs)
     metrics: dict[str, dict[str, dict]] = {}
     files: dict[str, list[dict]] = {}
+    to_repair: list[tuple[dict, list[dict]]] = []  # (metrics entry, greedy rows) of each repaired set
     for spec in specs:
         entry = metrics.setdefault(spec.source, {}).setdefault(spec.mode, {})
         name = f"{spec.mode}_{slug(spec.source)}"
@@ -341,7 +343,7 @@ def evaluate(args: EvalArguments, model: Any, tokenizer: Any, *, repair_loop: An
             greedy = [rows[0] for rows in per_problem]
             entry.update(greedy_summary(spec.mode, greedy))
             if spec.mode == POT and args.repair and spec.source in (args.repair_sets or args.eval_sets):
-                entry["repair"] = repair_step(args, model, tokenizer, greedy, repair_loop, prm)
+                to_repair.append((entry, greedy))
             files.setdefault(name, []).extend(greedy)
         else:
             per_problem = detail_rows(spec, details[spec.full_name], tokenizer, "sample")
@@ -352,6 +354,11 @@ def evaluate(args: EvalArguments, model: Any, tokenizer: Any, *, repair_loop: An
                                 **sampled}
             files.setdefault(name, []).extend(r for rows in per_problem for r in rows)
         entry.setdefault("lighteval", {})[spec.full_name] = aggregated.get(spec.full_name, {})
+    if to_repair:  # every repaired set in one loop: a round is one batch for all of them
+        repaired = repair_step(args, model, tokenizer, [greedy for _, greedy in to_repair], repair_loop, prm)
+        for (entry, _), result in zip(to_repair, repaired, strict=True):
+            entry["repair"] = result
+    EXEC_MEMO.clear()
     timings = [{**c, "judge_s": JUDGE_SECONDS.get(c["task"], 0.0)} for c in lm.generation_calls]
     return metrics, files, timings
 
@@ -375,17 +382,19 @@ def prm_step(args: EvalArguments, prm: Any, per_problem: list[list[dict]]) -> li
     return out
 
 
-def repair_step(args: EvalArguments, model: Any, tokenizer: Any, greedy: list[dict], repair_loop: Any,
-                prm: Any) -> dict:
-    """pass@1 with repair on one set's greedy PoT rows (``eval.repair``): the verifier (the sandbox,
-    and the PRM when there is one) flags answers without the gold, the loop revises them, the gold
-    judges the finals; best-of-(1+R) by the same verifier for comparison."""
-    from eval.repair import repair_eval  # deferred: generation and the sandbox only with --repair
+def repair_step(args: EvalArguments, model: Any, tokenizer: Any, sets: list[list[dict]], repair_loop: Any,
+                prm: Any) -> list[dict]:
+    """pass@1 with repair on the greedy PoT rows of each repaired set, all in one loop
+    (``eval.repair.repair_eval_sets``): the verifier (the sandbox, the PRM when there is one, the
+    quantity check with --repair_grounding) flags answers without the gold, the loop revises them, the
+    gold judges the finals; best-of-(1+R) by the same verifier for comparison. One metrics dict per set."""
+    from eval.repair import repair_eval_sets  # deferred: generation and the sandbox only with --repair
     from stages.harness.policy import Policy  # deferred: loads the harness only with --repair
 
-    return repair_eval(Policy(model, tokenizer), greedy, repair_loop, repair_options(args, repair_loop), scorer=prm,
-                       baseline=args.repair_baseline, baseline_temperature=args.repair_baseline_temperature,
-                       progress=args.progress)
+    return repair_eval_sets(Policy(model, tokenizer), sets, repair_loop, repair_options(args, repair_loop),
+                            scorer=prm, baseline=args.repair_baseline,
+                            baseline_temperature=args.repair_baseline_temperature, memo=EXEC_MEMO,
+                            progress=args.progress)
 
 
 def _mean(values) -> float:

@@ -28,7 +28,7 @@ from lighteval.models.model_output import ModelResponse
 from lighteval.tasks.requests import SamplingMethod
 
 from eval.passk import majority_index, pass_at_k
-from rewards import score_pot
+from rewards import ExecMemo, score_pot
 
 POT, COT = "pot", "cot"
 MODES = (POT, COT)
@@ -38,13 +38,18 @@ def _texts(response: Any) -> list[str]:
     return list(response.final_text)
 
 
+# the sandbox results of this evaluation's programs (``eval.gsm8k.evaluate`` clears it first): the repair
+# loop's verifier runs the same greedy programs again, and finds them here
+EXEC_MEMO = ExecMemo(keep_all=True)
+
+
 def judge_pot(docs: Sequence[Any], responses: Sequence[Any]) -> None:
     """Execute every sample of every doc in one sandbox batch; store the judgments."""
     todo = [(d, r) for d, r in zip(docs, responses, strict=True) if not _judged(d, r)]
     if not todo:
         return
     flat = [(d, t) for d, r in todo for t in _texts(r)]
-    scores = score_pot([t for _, t in flat], [d.specific["gold"] for d, _ in flat])
+    scores = score_pot([t for _, t in flat], [d.specific["gold"] for d, _ in flat], memo=EXEC_MEMO)
     it = iter(scores)
     for d, r in todo:
         js = []

@@ -41,21 +41,30 @@ class PotScore:
 class ExecMemo:
     """The sandbox results of the latest batch, by program text. Rewards built together share one,
     so the batch that the correctness reward ran is not run again by the PRM bonus or a length
-    shape in the same training step. Holds one batch only, so memory stays bounded."""
+    shape in the same training step. Holds one batch only, so memory stays bounded; with
+    ``keep_all`` it keeps every batch's results (one evaluation: eval's judge, then the repair loop's
+    verifier on the same greedy programs)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_all: bool = False) -> None:
         self._last: dict[str, Any] = {}
+        self.keep_all = keep_all
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"_last": {}}  # results are not worth shipping to another process
+        return {"_last": {}, "keep_all": self.keep_all}  # results are not worth shipping to another process
 
     def run(self, sandbox: Any, programs: Sequence[str]) -> list[Any]:
         """Results of ``programs`` in order; the missing distinct ones in one ``run_many``."""
         missing = [p for p in dict.fromkeys(programs) if p not in self._last]
         fresh = dict(zip(missing, sandbox.run_many(missing), strict=True)) if missing else {}
         results = [fresh[p] if p in fresh else self._last[p] for p in programs]
-        self._last = dict(zip(programs, results, strict=True))
+        if self.keep_all:
+            self._last.update(fresh)
+        else:
+            self._last = dict(zip(programs, results, strict=True))
         return results
+
+    def clear(self) -> None:
+        self._last = {}
 
 
 def run_programs(programs: Sequence[str], sandbox: Any = None, memo: ExecMemo | None = None) -> list[Any]:

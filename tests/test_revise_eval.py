@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from eval import repair as eval_repair
-from stages.common.pot import format_completion
+from stages.common.pot import extract_program, format_completion
 from stages.revise_lib import repair as loop
 from stages.revise_lib.repair import RepairOptions
 
@@ -105,6 +105,28 @@ def test_repair_eval_without_a_prm_uses_the_sandbox_signal_alone(scripted):
     assert "sandbox signal only, no PRM" in eval_repair.summary_line(m)
 
 
+def test_sets_share_one_loop_and_keep_their_own_metrics(scripted, monkeypatch):
+    calls = []
+    real = loop.generate
+    monkeypatch.setattr(loop, "generate", lambda m, t, prompts, **k: calls.append(len(prompts)) or real(m, t, prompts,
+                                                                                                      **k))
+    rows = _rows()
+    first, second = rows[:2], rows[2:]  # right + fixable, fragile + silent
+    policy = SimpleNamespace(model=None, tokenizer=WordTokenizer())
+    options = RepairOptions(rounds=2, threshold=0.5)
+    m1, m2 = eval_repair.repair_eval_sets(policy, [first, second], loop, options, scorer=StepScorer())
+    assert calls[0] == 2  # round 1: the flagged answers of both sets in one batch
+    assert (m1["n"], m1["attempted"], m1["fixed"], m1["broken"], m1["pass@1"]) == (2, 1, 1, 0, 1.0)
+    assert (m2["n"], m2["attempted"], m2["fixed"], m2["broken"], m2["pass@1"]) == (2, 1, 0, 1, 0.0)
+    assert m1["sets_in_loop"] == m2["sets_in_loop"] == 2 and m1["wall_s"] == m2["wall_s"]
+    assert (m1["best_of"]["fixed"], m2["best_of"]["fixed"], m2["best_of"]["broken"]) == (1, 0, 0)
+    # the same figures as each set alone
+    alone = eval_repair.repair_eval(policy, _rows()[2:], loop, options, scorer=StepScorer())
+    assert {k: alone[k] for k in ("attempted", "fixed", "broken", "pass@1", "extra_tokens_per_problem")} == \
+        {k: m2[k] for k in ("attempted", "fixed", "broken", "pass@1", "extra_tokens_per_problem")}
+    assert alone["best_of"] == m2["best_of"]
+
+
 def test_outcome_counts():
     out = eval_repair.outcome([True, True, False, False], [True, False, True, True], [0, 4, 8, 0])
     assert (out["fixed"], out["broken"], out["pass@1"], out["delta"]) == (2, 1, 0.75, 0.25)
@@ -149,3 +171,33 @@ def test_repair_batch_size_reaches_the_loop_and_defaults_to_batch_size():
     base = ["--model", "m", "--eval_sets", "arith:test:3", "--repair", "--batch_size", "100"]
     assert repair_options(parse_args(base), loop).batch_size == 100
     assert repair_options(parse_args([*base, "--repair_batch_size", "40"]), loop).batch_size == 40
+
+
+def test_the_loop_reuses_the_sandbox_runs_of_evals_judge(scripted):
+    from rewards import ExecMemo
+    from rewards.scoring import get_sandbox
+
+    class CountingSandbox:
+        def __init__(self):
+            self.ran = []
+
+        def run_many(self, programs):
+            self.ran.extend(programs)
+            return get_sandbox().run_many(programs)
+
+    sandbox, memo = CountingSandbox(), ExecMemo(keep_all=True)
+    rows = _rows()
+    programs = [extract_program(r["completion"]) for r in rows]
+    memo.run(sandbox, programs[:2])  # eval's judge, one set
+    memo.run(sandbox, programs[2:])  # and the next: keep_all keeps both batches
+    assert sandbox.ran == programs
+    items = [{"id": r["id"], "question": r["question"], "completion": r["completion"]} for r in rows]
+    policy = SimpleNamespace(model=None, tokenizer=WordTokenizer())
+    records = loop.repair(policy, items, RepairOptions(rounds=1, threshold=None), sandbox=sandbox, memo=memo)
+    # the greedy programs ran once, in the judge; only the revision of the one that raised runs now
+    assert sandbox.ran[:4] == programs and len(sandbox.ran) == 5 and "a / 2" in sandbox.ran[4]
+    assert records[1]["flag"]["kind"] == "error" and records[1]["flag"]["step"] == 3  # the cached traceback
+    assert records[1]["final_check"]["answer"] == "3.0"
+    memo.clear()
+    loop.repair(policy, items[:1], RepairOptions(rounds=1, threshold=None), sandbox=sandbox, memo=memo)
+    assert len(sandbox.ran) == 6  # cleared: the program runs again

@@ -99,3 +99,57 @@ def test_the_loop_revises_a_skipped_number_only_with_the_check(monkeypatch, grou
     # the steps before the flagged one are kept; the revision prints the gold 20
     assert seen[0].endswith("```python\nmoney = 26\neggs = 3\nprice = 1\ncost = eggs * price\nmoney = money - cost\n")
     assert record["final_check"]["answer"] == "20" and record["final_check"]["grounding"] is None
+
+
+def test_restart_after_rewrites_the_whole_program_in_later_rounds(monkeypatch):
+    skipped_tail = "earned = 8\nmoney = money + earned\nprint(money)\n```"
+    prompts = []
+
+    def fake_generate(model, tokenizer, batch, *, num_return_sequences=1, **kw):
+        prompts.extend(batch)
+        # from the kept steps the policy repeats its slip; from the start it writes the whole program
+        return [[RIGHT + "\n```" if p.endswith("<assistant>\n```python\n") else skipped_tail] for p in batch]
+
+    monkeypatch.setattr(loop, "generate", fake_generate)
+    skipped = format_completion(RIGHT.replace("lamp = 11\nmoney = money - lamp\n", ""))
+    item = {"id": "z", "question": QUESTION, "completion": skipped}
+    policy = SimpleNamespace(model=None, tokenizer=WordTokenizer())
+    # without restart_after: every round from the flagged step, the slip repeats and the item stops
+    (stuck,) = loop.repair(policy, [item], RepairOptions(rounds=3, threshold=None, grounding=True))
+    assert stuck["stop"] == "repeat" and [e["kept_steps"] for e in stuck["rounds"]] == [5]
+    assert stuck["final_check"]["answer"] == "31"
+    prompts.clear()
+    (record,) = loop.repair(policy, [item], RepairOptions(rounds=3, threshold=None, grounding=True, restart_after=1))
+    assert [e["kept_steps"] for e in record["rounds"]] == [5, 0]
+    assert record["rounds"][1]["flag"] == {"step": 1, "reason": "The problem's 11 is not used by the program",
+                                           "kind": "ungrounded"}
+    assert prompts[1].endswith("<assistant>\n```python\n") and record["stop"] == "verified"
+    assert record["final_check"]["answer"] == "20"
+    with pytest.raises(ValueError, match="restart_after"):
+        RepairOptions(restart_after=-1).check()
+
+
+def test_without_a_threshold_the_prm_scores_only_what_the_loop_revises(monkeypatch):
+    scored = []
+
+    class RecordingScorer:
+        def score_steps(self, questions, steps):
+            scored.extend(questions)
+            return [[0.9] * len(st) for st in steps]
+
+    monkeypatch.setattr(loop, "generate", lambda model, tok, prompts, num_return_sequences=1, **kw:
+                        [["lamp = 11\nmoney = money - lamp\nearned = 8\nmoney = money + earned\nprint(money)\n```"]
+                         for _ in prompts])
+    skipped = format_completion(RIGHT.replace("lamp = 11\nmoney = money - lamp\n", ""))
+    items = [{"id": "fine", "question": QUESTION + " ", "completion": format_completion(RIGHT)},
+             {"id": "z", "question": QUESTION, "completion": skipped}]
+    policy = SimpleNamespace(model=None, tokenizer=WordTokenizer())
+    fine, fixed = loop.repair(policy, items, RepairOptions(rounds=1, threshold=None, grounding=True),
+                              scorer=RecordingScorer())
+    assert scored == [QUESTION, QUESTION]  # the flagged original and its revision; never the unflagged answer
+    assert fine["initial"]["step_scores"] is None and fixed["initial"]["score"] == 0.9
+    assert fixed["final_check"]["answer"] == "20"
+    # with a threshold the PRM flags, so it scores every answer
+    scored.clear()
+    loop.repair(policy, items, RepairOptions(rounds=1, threshold=0.5, grounding=True), scorer=RecordingScorer())
+    assert scored[:2] == [QUESTION + " ", QUESTION]

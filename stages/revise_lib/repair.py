@@ -19,7 +19,10 @@ Each round, for every item still open, in one batch:
   grows past ``(1 + max_growth) x`` the original's tokens (+ ``growth_slack``) is rejected.
 
 An item stops when it verifies, when every candidate revision repeats an earlier version (the
-normalized program, :func:`stages.common.pot.program_key`), or after ``rounds`` rounds. Every
+normalized program, :func:`stages.common.pot.program_key`; unless the next round starts over, see
+``restart_after``), or after ``rounds`` rounds. With ``restart_after: k``, rounds after the k-th
+rewrite the whole program for the same reason: a policy that repeats its slip from the kept steps
+often does not from the start. Every
 round is recorded: the flagged step, the reason, the revision, its run and its step scores.
 
 With ``golds`` (the revise stage, which makes training data from problems with known answers; never
@@ -185,25 +188,27 @@ class Verifier:
     batches of completions: no gold answer."""
 
     def __init__(self, tokenizer: Any, scorer: Any = None, *, aggregation: str = "min", sandbox: Any = None,
-                 grounding: bool = False):
+                 grounding: bool = False, memo: Any = None):
         self.tokenizer = tokenizer
         self.scorer = scorer
         self.aggregate = AGGREGATIONS[aggregation]
         self.sandbox = sandbox
         self.grounding = grounding
+        self.memo = memo  # a rewards.ExecMemo: programs already run (eval's judge) are not run again
 
     @property
     def signal(self) -> str:
         signal = "prm+sandbox" if self.scorer is not None else "sandbox"
         return signal + "+grounding" if self.grounding else signal
 
-    def verify(self, questions: Sequence[str], completions: Sequence[str]) -> list[Verification]:
+    def verify(self, questions: Sequence[str], completions: Sequence[str], *, prm: bool = True) -> list[Verification]:
+        """Run and check every completion; ``prm=False`` leaves the PRM's scores for :meth:`add_scores`."""
         programs = [extract_program(c) for c in completions]
         steps = [split_program(p) if p is not None else [] for p in programs]
         to_run = [p for p in programs if p is not None]
-        results = iter(run_programs(to_run, self.sandbox) if to_run else [])
+        results = iter(run_programs(to_run, self.sandbox, self.memo) if to_run else [])
         scores: list[list[float] | None] = [None] * len(completions)
-        if self.scorer is not None:
+        if self.scorer is not None and prm:
             scored = [i for i, s in enumerate(steps) if s]
             if scored:
                 out = self.scorer.score_steps([questions[i] for i in scored], [steps[i] for i in scored])
@@ -224,6 +229,17 @@ class Verifier:
                 res.answer, sc, float(self.aggregate(sc)) if sc else None, n,
                 check_grounding(question, st) if self.grounding else None))
         return out
+
+
+    def add_scores(self, questions: Sequence[str], verifications: Sequence[Verification]) -> None:
+        """The PRM's step scores (and their aggregate) for verifications made with ``prm=False``."""
+        todo = [(q, v) for q, v in zip(questions, verifications, strict=True) if v.steps and v.scores is None]
+        if self.scorer is None or not todo:
+            return
+        out = self.scorer.score_steps([q for q, _ in todo], [v.steps for _, v in todo])
+        for (_, v), s in zip(todo, out, strict=True):
+            v.scores = [float(x) for x in s]
+            v.score = float(self.aggregate(v.scores)) if v.scores else None
 
 
 def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
@@ -396,24 +412,32 @@ def gold_accepts(v: Verification, gold: str) -> bool:
 
 def repair(policy: Any, items: Sequence[dict], options: RepairOptions | None = None, *, scorer: Any = None,
            force: Sequence[bool] | None = None, golds: Sequence[str | None] | None = None, sandbox: Any = None,
-           progress: bool = False) -> list[dict]:
+           memo: Any = None, progress: bool = False) -> list[dict]:
     """Verify and revise ``items`` (``{"id", "question", "completion"}``) for at most
     ``options.rounds`` rounds; one record per item (see :func:`record_fields`). ``scorer`` is a
     PRM scorer (``score_steps(questions, steps)``) or None (the sandbox signal alone); ``force``
     marks items to revise even when the verifier passes them (the revise stage's known-wrong
     inputs); ``golds`` (the revise stage only, never eval) lets the gold decide when an item is done
-    (see the module's docstring; an unreadable gold leaves that item to the verifier). ``policy``
-    has ``model`` and ``tokenizer``."""
+    (see the module's docstring; an unreadable gold leaves that item to the verifier). ``memo`` (a
+    ``rewards.ExecMemo``) holds sandbox results already known (eval's judge ran the same programs).
+    ``policy`` has ``model`` and ``tokenizer``."""
     options = options or RepairOptions()
     options.check()
     tokenizer = policy.tokenizer
     verifier = Verifier(tokenizer, scorer, aggregation=options.aggregation, sandbox=sandbox,
-                        grounding=options.grounding)
+                        grounding=options.grounding, memo=memo)
     force = list(force) if force is not None else [False] * len(items)
     golds = [readable_gold(g) for g in golds] if golds is not None else [None] * len(items)
     if len(golds) != len(items):
         raise ValueError(f"repair: {len(items)} items but {len(golds)} golds")
-    first = verifier.verify([it["question"] for it in items], [it["completion"] for it in items])
+    questions = [it["question"] for it in items]
+    # Without a threshold the PRM flags nothing: it only ranks the versions of an item the loop revises, so
+    # it scores those alone (on eval's greedy answers, most of which nothing flags, that is most of its cost).
+    lazy = options.threshold is None and scorer is not None
+    first = verifier.verify(questions, [it["completion"] for it in items], prm=not lazy)
+    if lazy:
+        revised = [i for i, v in enumerate(first) if force[i] or golds[i] is not None or flag_step(v, None)]
+        verifier.add_scores([questions[i] for i in revised], [first[i] for i in revised])
     state: list[_Item] = []
     for it, v, f, gold in zip(items, first, force, golds, strict=True):
         item = _Item(it["question"], f, growth_limit(v.program_tokens, options), gold=gold)
@@ -490,7 +514,9 @@ def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: l
         if not fresh:
             completion, v, _ = tried[0]
             s.rounds.append({**entry, "outcome": outcome, "revision": completion, **v.summary()})
-            if outcome == "repeat" or deterministic:
+            restart_next = (options.restart_after is not None and rnd == options.restart_after
+                            and rnd < options.rounds and flag.step > 0)  # the next round starts over: go on
+            if (outcome == "repeat" or deterministic) and not restart_next:
                 s.stop = outcome
             continue
         completion, v, _, new_flag = max(fresh, key=lambda c: version_rank(c[1], c[3]))
