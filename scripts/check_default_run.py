@@ -43,12 +43,51 @@ def check(run: Path) -> list[str]:
         broken.append(f"sft: usual split pass@1 {sft[USUAL]['pass@1']:.3f} < 0.90")
     if not 0.10 <= sft[HARD]["pass@1"] <= 0.70:
         broken.append(f"sft: hard split pass@1 {sft[HARD]['pass@1']:.3f} outside [0.10, 0.70] (solved only sometimes)")
+    broken += check_repair(run)
     bon = _metrics(run, "prm")["best_of_n"]
     if not bon["prm_min"]["accuracy"] > bon["random_expected_accuracy"]:
         broken.append(f"prm: best-of-{bon.get('n')} pick {bon['prm_min']['accuracy']:.3f} does not beat a random pick "
                       f"{bon['random_expected_accuracy']:.3f}")
     if not (run / "report.html").is_file():
         broken.append(f"no report: {run / 'report.html'}")
+    return broken
+
+
+def _repair(run: Path, stage: str) -> dict[str, dict]:
+    """The newest evaluation's pass@1 with repair per eval set (``eval.gsm8k --repair``)."""
+    found = sorted((run / stage / "latest" / "eval").glob("*/results.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        return {}
+    sets = json.loads(found[-1].read_text()).get("sets") or {}
+    return {name: modes["pot"]["repair"] for name, modes in sets.items()
+            if isinstance((modes.get("pot") or {}).get("repair"), dict)}
+
+
+def check_repair(run: Path) -> list[str]:
+    """Eval with repair (issue 16): on the usual split never below plain pass@1; at most 1% of the right
+    answers broken on either split; on the hard split, where a policy is often wrong (plain pass@1 under
+    0.7), at least 5 points gained."""
+    broken = []
+    print(f"\n{'stage':<10} {'set':<6} {'pass@1':>7} {'repair':>7} {'fixed':>6} {'broken':>6} {'best-of same budget':>20}")
+    for stage in POLICY_STAGES:
+        repaired = _repair(run, stage)
+        if set(repaired) != {USUAL, HARD}:
+            broken.append(f"{stage}: no eval with repair on both splits (found {sorted(repaired)})")
+            continue
+        for name, label in ((USUAL, "usual"), (HARD, "hard")):
+            m = repaired[name]
+            same = (m.get("best_of_same_budget") or {}).get("pass@1")
+            print(f"{stage:<10} {label:<6} {m['pass@1_before']:>7.3f} {m['pass@1']:>7.3f} {m['fixed']:>6} "
+                  f"{m['broken']:>6} {same if same is None else format(same, '.3f'):>20}")
+            if m["break_rate"] > 0.01:
+                broken.append(f"{stage}: eval with repair broke {m['broken']} right answers on {label} "
+                              f"({m['break_rate']:.1%} > 1%)")
+        usual, hard = repaired[USUAL], repaired[HARD]
+        if usual["pass@1"] < usual["pass@1_before"]:
+            broken.append(f"{stage}: usual pass@1 with repair {usual['pass@1']:.3f} below plain {usual['pass@1_before']:.3f}")
+        if hard["pass@1_before"] < 0.7 and hard["pass@1"] - hard["pass@1_before"] < 0.05:
+            broken.append(f"{stage}: hard pass@1 with repair {hard['pass@1']:.3f}, under plain "
+                          f"{hard['pass@1_before']:.3f} + 5 points")
     return broken
 
 
