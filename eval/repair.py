@@ -186,7 +186,7 @@ def _best(candidates: list[tuple[str, Any, int]], loop: Any, options: Any) -> st
 def summary_line(m: dict[str, Any]) -> str:
     """One line for the console: pass@1 before -> with repair, fixed/broken, and the comparison."""
     line = (f"pass@1_repair={m['pass@1']:.3f} (from {m['pass@1_before']:.3f}; {m['verifier']}"
-            f"{'' if m['verifier'] != 'sandbox' else ' signal only, no PRM'}; attempted {m['attempted']}, "
+            f"{' signal only, no PRM' if m['verifier'] == 'sandbox' else ''}; attempted {m['attempted']}, "
             f"fixed {m['fixed']}, broke {m['broken']}, +{m['extra_tokens_per_problem']:.1f} tokens/problem)")
     if "best_of" in m:
         b, s = m["best_of"], m["best_of_same_budget"]

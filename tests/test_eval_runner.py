@@ -202,6 +202,14 @@ def test_repair_runs_the_revise_loop_with_the_prm_hook(base: Path, monkeypatch):
     assert rep["verifier"] == "sandbox" and rep["threshold"] is None and "best_of" not in rep
     assert "prm_checkpoint" not in res["config"]
 
+    # the quantity check and the restart reach the loop from the command line, and the results say so
+    folder = runner.main(["--model", str(base), "--eval_sets", "arith:test:500", "--limit", "3", "--task", "pot",
+                          "--repair", "--repair_rounds", "2", "--repair_max_new_tokens", "16",
+                          "--repair_baseline", "false", "--repair_grounding", "true", "--repair_restart_after", "1",
+                          *TINY_ARGS])
+    rep = _results(folder)["sets"]["arith:test:500"]["pot"]["repair"]
+    assert rep["verifier"] == "sandbox+grounding" and rep["restart_after"] == 1 and rep["sets_in_loop"] == 1
+
 
 @pytest.mark.slow
 def test_two_processes_match_one(base: Path, tmp_path: Path):
