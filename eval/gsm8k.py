@@ -467,14 +467,12 @@ def main(argv: list[str] | None = None) -> Path | None:
     if prm_path is not None:  # '@prm' names different checkpoints over time: the key holds the one used
         config["prm_checkpoint"] = {k: v for k, v in result_store.model_identity(prm_path).items() if k != "spec"}
     if args.repair and prm_path is None:
-        if args.repair_grounding:
-            log.warning("--repair without a PRM (%s): the verifier is the sandbox and the quantity check (answers "
-                        "whose program fails or whose numbers are not the problem's are revised; candidates are not "
-                        "ranked by a PRM)", "none given" if not args.prm else f"{args.prm} does not exist in this run")
-        else:
-            log.warning("--repair without a PRM (%s): the verifier is the sandbox signal alone (answers whose program "
-                        "fails are revised; wrong answers of programs that run are not flagged)",
-                        "none given" if not args.prm else f"{args.prm} does not exist in this run")
+        verifier = ("the sandbox and the quantity check (answers whose program fails or whose numbers are not the "
+                    "problem's are revised; candidates are not ranked by a PRM)" if args.repair_grounding else
+                    "the sandbox signal alone (answers whose program fails are revised; wrong answers of programs "
+                    "that run are not flagged)")
+        log.warning("--repair without a PRM (%s): the verifier is %s",
+                    "none given" if not args.prm else f"{args.prm} does not exist in this run", verifier)
 
     root = result_store.results_root(identity, args.output_dir)
     key = None

@@ -87,7 +87,7 @@ def repair_eval_sets(policy: Any, sets: Sequence[list[dict]], loop: Any, options
     for one in sets:
         part = slice(at, at + len(one))
         at += len(one)
-        metrics = _set_metrics(records[part], before[part], after[part], options, scorer)
+        metrics = _set_metrics(records[part], before[part], after[part], loop, options, scorer)
         metrics.update(wall_s=loop_wall, sets_in_loop=len(sets))
         if compared is not None:
             metrics.update(_best_of_metrics(options.rounds, baseline_temperature, before[part],
@@ -97,13 +97,12 @@ def repair_eval_sets(policy: Any, sets: Sequence[list[dict]], loop: Any, options
     return out
 
 
-def _set_metrics(records: list[dict], before: list[bool], after: list[bool], options: Any,
+def _set_metrics(records: list[dict], before: list[bool], after: list[bool], loop: Any, options: Any,
                  scorer: Any) -> dict[str, Any]:
     entries = [e for rec in records for e in rec["rounds"]]
     attempted = [rec["attempted"] for rec in records]
-    signal = ("prm+sandbox" if scorer is not None else "sandbox") + ("+grounding" if options.grounding else "")
     return {
-        "rounds": options.rounds, "verifier": signal,
+        "rounds": options.rounds, "verifier": loop.verifier_signal(scorer is not None, options.grounding),
         "threshold": options.threshold if scorer is not None else None, "prompt": options.prompt,
         "restart_after": options.restart_after, "final": options.final,
         "n": len(records), "pass@1_before": _rate(sum(before), len(records)),

@@ -13,6 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: eval.results
+
+from eval.results import read_results  # noqa: E402
+
 USUAL, HARD = "arith:test:500", "arith:test:300:0:levels=4"
 STAGES = ("synth", "sft", "prm", "grpo", "evolve", "revise", "dpo", "length_rl")
 POLICY_STAGES = ("sft", "grpo", "evolve", "revise", "dpo", "length_rl")
@@ -55,10 +59,10 @@ def check(run: Path) -> list[str]:
 
 def _repair(run: Path, stage: str) -> dict[str, dict]:
     """The newest evaluation's pass@1 with repair per eval set (``eval.gsm8k --repair``)."""
-    found = sorted((run / stage / "latest" / "eval").glob("*/results.json"), key=lambda p: p.stat().st_mtime)
+    found = read_results(run / stage / "latest")
     if not found:
         return {}
-    sets = json.loads(found[-1].read_text()).get("sets") or {}
+    sets = found[-1].get("sets") or {}
     return {name: modes["pot"]["repair"] for name, modes in sets.items()
             if isinstance((modes.get("pot") or {}).get("repair"), dict)}
 

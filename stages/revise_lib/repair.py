@@ -183,6 +183,11 @@ def traceback_message(stderr: str | None, limit: int = 160) -> str | None:
     return lines[-1][:limit] if lines else None
 
 
+def verifier_signal(prm: bool, grounding: bool) -> str:
+    """What a verifier checks, as results and logs name it: ``sandbox``, ``prm+sandbox``, ``+grounding``."""
+    return ("prm+sandbox" if prm else "sandbox") + ("+grounding" if grounding else "")
+
+
 class Verifier:
     """The sandbox, (optionally) a PRM scorer and (optionally) the quantity-grounding check, on
     batches of completions: no gold answer."""
@@ -198,8 +203,7 @@ class Verifier:
 
     @property
     def signal(self) -> str:
-        signal = "prm+sandbox" if self.scorer is not None else "sandbox"
-        return signal + "+grounding" if self.grounding else signal
+        return verifier_signal(self.scorer is not None, self.grounding)
 
     def verify(self, questions: Sequence[str], completions: Sequence[str], *, prm: bool = True) -> list[Verification]:
         """Run and check every completion; ``prm=False`` leaves the PRM's scores for :meth:`add_scores`."""
@@ -229,7 +233,6 @@ class Verifier:
                 res.answer, sc, float(self.aggregate(sc)) if sc else None, n,
                 check_grounding(question, st) if self.grounding else None))
         return out
-
 
     def add_scores(self, questions: Sequence[str], verifications: Sequence[Verification]) -> None:
         """The PRM's step scores (and their aggregate) for verifications made with ``prm=False``."""
@@ -272,9 +275,9 @@ def _lowest(v: Verification) -> int | None:
 
 def flag_step(v: Verification, threshold: float | None, *, force: bool = False) -> Flag | None:
     """The step to revise, or None when the verifier passes the program (it runs, prints an answer,
-    every PRM step score is at or above ``threshold`` and, when checked, it has no quantity slip). ``force`` flags a program the verifier
-    passes (an outside signal says it is wrong): its lowest-scored step, or the whole program
-    without step scores."""
+    every PRM step score is at or above ``threshold`` and, when checked, it has no quantity slip).
+    ``force`` flags a program the verifier passes (an outside signal says it is wrong): its
+    lowest-scored step, or the whole program without step scores."""
     if v.program is None or not v.steps:
         return Flag(0, "The answer has no ```python block" if v.program is None else "The program has no statement",
                     "no_program")
@@ -514,8 +517,8 @@ def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: l
         if not fresh:
             completion, v, _ = tried[0]
             s.rounds.append({**entry, "outcome": outcome, "revision": completion, **v.summary()})
-            restart_next = (options.restart_after is not None and rnd == options.restart_after
-                            and rnd < options.rounds and flag.step > 0)  # the next round starts over: go on
+            # the next round starts over (restart_after): the item goes on
+            restart_next = rnd < options.rounds and _round_flag(s, rnd + 1, options).step != flag.step
             if (outcome == "repeat" or deterministic) and not restart_next:
                 s.stop = outcome
             continue
