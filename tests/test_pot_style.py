@@ -130,7 +130,7 @@ def test_explanation_follows_the_program_and_changes_no_output():
     assert add_explanation("print(1 +)", "x") is None
 
 
-STYLES = ("plain", "comments", "answer_var", "prints", "inline", "comments+answer_var",
+STYLES = ("plain", "comments", "answer_var", "prints", "inline", "fold", "comments+answer_var", "comments+fold",
           "comments+prints+answer_var", "inline+comments+explanation")
 
 
@@ -151,6 +151,11 @@ def test_every_style_prints_the_same_answer_last_and_is_deterministic():
                 assert len(out) > 1  # intermediate values come first, the answer stays last
             if "comments" in style:
                 assert "\n# print the final answer\n" in new
+            if "fold" in style:  # the answer's computation moves into the print; the givens keep their names
+                last = new.splitlines()[-1]
+                assert last.startswith("print(") and any(op in last for op in "+-*/"), new
+                givens = [line for line in p["program"].splitlines() if line.split(" = ")[-1].isdigit()]
+                assert all(line in new.splitlines() for line in givens), new
 
 
 def test_styles_add_what_they_name():
@@ -166,6 +171,13 @@ def test_styles_add_what_they_name():
         "apples = 23\nbags = 2\nper_bag = 5\n# bought is bags times per bag\n"
         "bought = bags * per_bag\n# add bought to apples\napples = apples + bought\n"
         "# print the final answer\nprint(apples)\n")
+    assert apply_style(program, "fold") == (
+        "apples = 23\nbags = 2\nper_bag = 5\nbought = bags * per_bag\nprint(apples + bought)\n")
+    assert apply_style(program, "comments+fold").endswith("# print the final answer\nprint(apples + bought)\n")
+    # only the answer's own step folds; a given or an alias does not
+    assert apply_style("x = 3\nprint(x)\n", "fold") is None
+    assert apply_style("x = 3\ny = x\nprint(y)\n", "fold") is None
+    assert apply_style("x = 3\ny = x * 2\nz = y + 1\nprint(z)\n", "fold") == "x = 3\ny = x * 2\nprint(y + 1)\n"
     # features apply in a fixed order whatever order they are named in
     assert apply_style(program, "answer_var+comments") == apply_style(program, "comments+answer_var")
     full = apply_style(program, "comments+prints+answer_var")

@@ -170,6 +170,9 @@ def chosen_for_rewrite(problem_id: str, fraction: float, seed: int = 0) -> bool:
 # A style is ``plain`` (the program as the teacher wrote it) or features joined by ``+``, applied
 # in this order whatever order they are written in:
 #   inline       single-use variables bound to a number inlined (``inline_single_use``), shorter;
+#   fold         the answer printed as the expression that computes it: ``x = a + b`` / ``print(x)``
+#                becomes ``print(a + b)`` (shorter; every number the problem gives keeps its named
+#                assignment, unlike ``inline``);
 #   answer_var   the final ``print(x)`` becomes ``answer = x`` / ``print(answer)`` (a redundant
 #                assignment: nothing but the print reads it);
 #   prints       ``print('<name>:', <name>)`` after every computed assignment before the final print
@@ -180,7 +183,7 @@ def chosen_for_rewrite(problem_id: str, fraction: float, seed: int = 0) -> bool:
 # Every feature is an AST rewrite of straight-line top-level code; a program it cannot rewrite
 # (control flow, no final print, a name it would shadow) gives None and is kept as it was.
 
-FEATURES = ("inline", "answer_var", "prints", "comments", "explanation")
+FEATURES = ("inline", "fold", "answer_var", "prints", "comments", "explanation")
 PLAIN = "plain"
 ANSWER_NAME = "answer"
 
@@ -282,6 +285,20 @@ def _add_answer_var(body: list[ast.stmt]) -> bool:
     return True
 
 
+def _fold_answer(body: list[ast.stmt]) -> bool:
+    """``x = <computation>`` / ``print(x)`` at the end becomes ``print(<computation>)`` (nothing else
+    reads that ``x``: the print is the last statement); a given (``x = <number>``) or an alias stays."""
+    call = _final_print(body)
+    if call is None or len(body) < 2 or not isinstance(call.args[0], ast.Name):
+        return False
+    name, prev = call.args[0].id, body[-2]
+    if _assigned_name(prev) != name or _is_given(prev) or _is_alias(prev):
+        return False
+    call.args[0] = prev.value
+    del body[-2]
+    return True
+
+
 def _add_prints(body: list[ast.stmt]) -> bool:
     if _final_print(body) is None:
         return False
@@ -368,9 +385,10 @@ def apply_style(program: str, style: str, key: str = "") -> str | None:
         if code is None:
             return None
         tree = ast.parse(code)
-    transforms = [f for f in ("answer_var", "prints") if f in features]
+    rewrites = {"fold": _fold_answer, "answer_var": _add_answer_var, "prints": _add_prints}
+    transforms = [f for f in rewrites if f in features]
     for feature in transforms:
-        if not (_add_answer_var if feature == "answer_var" else _add_prints)(tree.body):
+        if not rewrites[feature](tree.body):
             return None
     if transforms:
         code = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
