@@ -47,6 +47,7 @@ def check(run: Path) -> list[str]:
         broken.append(f"sft: usual split pass@1 {sft[USUAL]['pass@1']:.3f} < 0.90")
     if not 0.10 <= sft[HARD]["pass@1"] <= 0.70:
         broken.append(f"sft: hard split pass@1 {sft[HARD]['pass@1']:.3f} outside [0.10, 0.70] (solved only sometimes)")
+    broken += check_brevity(run)
     broken += check_repair(run)
     bon = _metrics(run, "prm")["best_of_n"]
     if not bon["prm_min"]["accuracy"] > bon["random_expected_accuracy"]:
@@ -54,6 +55,26 @@ def check(run: Path) -> list[str]:
                       f"{bon['random_expected_accuracy']:.3f}")
     if not (run / "report.html").is_file():
         broken.append(f"no report: {run / 'report.html'}")
+    return broken
+
+
+def check_brevity(run: Path) -> list[str]:
+    """dpo and length_rl (issues 17 and 14) make the programs shorter while staying right: dpo at least 15%
+    fewer completion tokens on the usual split than its parent, length_rl at least 5% fewer than dpo (the
+    folded answer, docs/rl.md), each with pass@1 no more than 1 point below its parent on both splits."""
+    broken = []
+    chain = (("dpo", "revise", 0.15), ("length_rl", "dpo", 0.05))
+    for stage, parent, cut in chain:
+        now, before = _metrics(run, stage)["eval"], _metrics(run, parent)["eval"]
+        tokens, parent_tokens = now[USUAL]["mean_completion_tokens"], before[USUAL]["mean_completion_tokens"]
+        if tokens > (1 - cut) * parent_tokens:
+            broken.append(f"{stage}: usual split {tokens:.1f} tokens, not {cut:.0%} fewer than {parent}'s "
+                          f"{parent_tokens:.1f}")
+        for name, label in ((USUAL, "usual"), (HARD, "hard")):
+            drop = before[name]["pass@1"] - now[name]["pass@1"]
+            if drop > 0.01 + 1e-9:
+                broken.append(f"{stage}: {label} pass@1 {now[name]['pass@1']:.3f}, more than 1 point below "
+                              f"{parent}'s {before[name]['pass@1']:.3f}")
     return broken
 
 

@@ -50,3 +50,33 @@ def test_each_broken_promise_is_named(tmp_path, checker):
     assert any(p.startswith("grpo: hard pass@1 with repair 0.520, under plain 0.500 + 5 points") for p in problems)
     assert any(p.startswith("dpo: no eval with repair on both splits") for p in problems)
     assert len(problems) == 4  # a stage right 90% of the time on the hard split owes no +5
+
+
+def _evals(tmp_path: Path, checker, figures: dict[str, tuple[float, float, float]]) -> Path:
+    """Fake metrics.json per stage: (usual pass@1, hard pass@1, usual tokens)."""
+    for stage, (usual, hard, tokens) in figures.items():
+        folder = tmp_path / stage / "latest"
+        folder.mkdir(parents=True)
+        evals = {checker.USUAL: {"pass@1": usual, "mean_completion_tokens": tokens},
+                 checker.HARD: {"pass@1": hard, "mean_completion_tokens": 2 * tokens}}
+        (folder / "metrics.json").write_text(json.dumps({"eval": evals}))
+    return tmp_path
+
+
+def test_brevity_promises_pass_on_the_default_runs_figures(tmp_path, checker):
+    # the fresh default run of 2026-12-06 (docs/rl.md)
+    run = _evals(tmp_path, checker, {"revise": (0.978, 0.810, 54.7), "dpo": (0.968, 0.867, 37.4),
+                                     "length_rl": (0.986, 0.890, 34.2)})
+    assert checker.check_brevity(run) == []
+
+
+def test_each_broken_brevity_promise_is_named(tmp_path, checker):
+    # the runs before the folded answer: length_rl found nothing shorter after dpo; here dpo also lost 2 points
+    run = _evals(tmp_path, checker, {"revise": (0.984, 0.830, 56.2), "dpo": (0.964, 0.890, 38.0),
+                                     "length_rl": (0.974, 0.870, 38.0)})
+    problems = checker.check_brevity(run)
+    assert problems == [
+        "dpo: usual pass@1 0.964, more than 1 point below revise's 0.984",
+        "length_rl: usual split 38.0 tokens, not 5% fewer than dpo's 38.0",
+        "length_rl: hard pass@1 0.870, more than 1 point below dpo's 0.890",
+    ]
