@@ -137,11 +137,8 @@ def best_of_choices(policy: Any, rows: list[dict], records: list[dict], loop: An
     tokenizer = policy.tokenizer
     samples: list[list[str]] = []
     if flagged:
-        # as many sequences per generate call as a loop round has (batch_size prompts x candidates): on CPU a
-        # call costs about as much for 40 sequences as for 120, the steps to its longest sample decide
-        per_call = max(1, options.batch_size * options.candidates // max(1, rounds))
         samples = generate(policy.model, tokenizer, chat_prompts(tokenizer, [rows[i]["question"] for i in flagged]),
-                           max_new_tokens=options.max_new_tokens, batch_size=per_call,
+                           max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
                            num_return_sequences=rounds, temperature=temperature, top_p=options.top_p,
                            seed=options.seed + 1, progress=progress)
     verifier = loop.Verifier(tokenizer, scorer, aggregation=options.aggregation, grounding=options.grounding)
