@@ -130,8 +130,9 @@ def test_explanation_follows_the_program_and_changes_no_output():
     assert add_explanation("print(1 +)", "x") is None
 
 
-STYLES = ("plain", "comments", "answer_var", "prints", "inline", "fold", "comments+answer_var", "comments+fold",
-          "comments+prints+answer_var", "inline+comments+explanation")
+STYLES = ("plain", "comments", "answer_var", "prints", "inline", "fold", "no_asserts", "comments+answer_var",
+          "comments+fold", "fold+no_asserts", "comments+fold+no_asserts", "comments+prints+answer_var",
+          "inline+comments+explanation")
 
 
 def test_every_style_prints_the_same_answer_last_and_is_deterministic():
@@ -156,6 +157,13 @@ def test_every_style_prints_the_same_answer_last_and_is_deterministic():
                 assert last.startswith("print(") and any(op in last for op in "+-*/"), new
                 givens = [line for line in p["program"].splitlines() if line.split(" = ")[-1].isdigit()]
                 assert all(line in new.splitlines() for line in givens), new
+            checks = [line for line in p["program"].splitlines() if line.startswith("assert ")]
+            if "no_asserts" in style:  # the divisibility checks go, nothing else
+                without = "+".join(f for f in style.split("+") if f != "no_asserts") or "plain"
+                kept = apply_style(p["program"], without, p["id"]).splitlines()
+                assert "assert" not in new and len(new.splitlines()) == len(kept) - len(checks), new
+            elif not style.startswith("inline"):
+                assert all(line in new.splitlines() for line in checks), (style, new)
 
 
 def test_styles_add_what_they_name():
@@ -178,6 +186,12 @@ def test_styles_add_what_they_name():
     assert apply_style("x = 3\nprint(x)\n", "fold") is None
     assert apply_style("x = 3\ny = x\nprint(y)\n", "fold") is None
     assert apply_style("x = 3\ny = x * 2\nz = y + 1\nprint(z)\n", "fold") == "x = 3\ny = x * 2\nprint(y + 1)\n"
+    # no_asserts leaves out the checks and nothing else; a program without one is not a failure
+    divide = "money = 36\nbanks = 3\nassert money % banks == 0\neach = money // banks\nprint(each)\n"
+    assert apply_style(divide, "no_asserts") == "money = 36\nbanks = 3\neach = money // banks\nprint(each)\n"
+    assert apply_style(divide, "fold+no_asserts") == "money = 36\nbanks = 3\nprint(money // banks)\n"
+    assert apply_style(program, "no_asserts") == program
+    assert apply_style(program, "fold+no_asserts") == apply_style(program, "fold")
     # features apply in a fixed order whatever order they are named in
     assert apply_style(program, "answer_var+comments") == apply_style(program, "comments+answer_var")
     full = apply_style(program, "comments+prints+answer_var")

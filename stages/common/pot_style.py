@@ -10,8 +10,8 @@ one computation, which a length-aware RL stage can then move along and a DPO sta
 comment line after the program; the synth stage's ``verbose_fraction`` uses them.
 
 ``apply_style`` writes a program in a chat teacher's style, features joined by ``+`` (comments
-before the statements that compute, intermediate prints, an ``answer`` variable, inlining, an
-explanation; see ``FEATURES``), and ``pick_style`` draws one style per problem from a mix: the
+before the statements that compute, intermediate prints, an ``answer`` variable, inlining, no
+``assert`` checks, an explanation; see ``FEATURES``), and ``pick_style`` draws one style per problem from a mix: the
 synth stage's ``style_mix``, which the tiny recipe uses (recipes/tiny/synth.yaml says which mix and
 why). Every rewrite keeps the program's output; the answer stays the last line printed.
 
@@ -170,6 +170,8 @@ def chosen_for_rewrite(problem_id: str, fraction: float, seed: int = 0) -> bool:
 # A style is ``plain`` (the program as the teacher wrote it) or features joined by ``+``, applied
 # in this order whatever order they are written in:
 #   inline       single-use variables bound to a number inlined (``inline_single_use``), shorter;
+#   no_asserts   the program's ``assert`` statements left out (the divisibility checks of the task's
+#                reference programs, which chat teachers rarely write); a program with none is unchanged;
 #   fold         the answer printed as the expression that computes it: ``x = a + b`` / ``print(x)``
 #                becomes ``print(a + b)`` (shorter; every number the problem gives keeps its named
 #                assignment, unlike ``inline``);
@@ -183,7 +185,7 @@ def chosen_for_rewrite(problem_id: str, fraction: float, seed: int = 0) -> bool:
 # Every feature is an AST rewrite of straight-line top-level code; a program it cannot rewrite
 # (control flow, no final print, a name it would shadow) gives None and is kept as it was.
 
-FEATURES = ("inline", "fold", "answer_var", "prints", "comments", "explanation")
+FEATURES = ("inline", "no_asserts", "fold", "answer_var", "prints", "comments", "explanation")
 PLAIN = "plain"
 ANSWER_NAME = "answer"
 
@@ -282,6 +284,13 @@ def _add_answer_var(body: list[ast.stmt]) -> bool:
         return False
     body[-1:] = [ast.Assign(targets=[ast.Name(ANSWER_NAME, ast.Store())], value=call.args[0], lineno=0),
                  ast.Expr(ast.Call(ast.Name("print", ast.Load()), [ast.Name(ANSWER_NAME, ast.Load())], []))]
+    return True
+
+
+def _drop_asserts(body: list[ast.stmt]) -> bool:
+    """Leave out every top-level ``assert`` (a check that prints nothing); a program without one is
+    not a failure of the style: True whatever is left out."""
+    body[:] = [stmt for stmt in body if not isinstance(stmt, ast.Assert)]
     return True
 
 
@@ -385,7 +394,7 @@ def apply_style(program: str, style: str, key: str = "") -> str | None:
         if code is None:
             return None
         tree = ast.parse(code)
-    rewrites = {"fold": _fold_answer, "answer_var": _add_answer_var, "prints": _add_prints}
+    rewrites = {"no_asserts": _drop_asserts, "fold": _fold_answer, "answer_var": _add_answer_var, "prints": _add_prints}
     transforms = [f for f in rewrites if f in features]
     for feature in transforms:
         if not rewrites[feature](tree.body):
