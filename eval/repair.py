@@ -67,9 +67,12 @@ def repair_eval_sets(policy: Any, sets: Sequence[list[dict]], loop: Any, options
     rows = [r for one in sets for r in one]
     t0 = time.perf_counter()
     items = [{"id": r["id"], "question": r["question"], "completion": r["completion"]} for r in rows]
-    records = loop.repair(policy, items, options, scorer=scorer, memo=memo, progress=progress) if rows else []
+    # one verifier for the loop and the comparison: a greedy answer both verify is run and scored once
+    verifier = loop.Verifier(policy.tokenizer, scorer, aggregation=options.aggregation, grounding=options.grounding,
+                             memo=memo)
+    records = loop.repair(policy, items, options, verifier=verifier, progress=progress) if rows else []
     loop_wall = round(time.perf_counter() - t0, 3)
-    scores = score_pot([rec["final"] for rec in records], [r["answer"] for r in rows]) if rows else []
+    scores = score_pot([rec["final"] for rec in records], [r["answer"] for r in rows], memo=memo) if rows else []
     before = [r["correct"] is True for r in rows]
     after = [s.correct is True for s in scores]
     for r, rec, s in zip(rows, records, scores, strict=True):
@@ -81,7 +84,8 @@ def repair_eval_sets(policy: Any, sets: Sequence[list[dict]], loop: Any, options
     if baseline:
         t1 = time.perf_counter()
         compared = best_of_choices(policy, rows, records, loop, options, scorer=scorer,
-                                   temperature=baseline_temperature, progress=progress)
+                                   temperature=baseline_temperature, verifier=verifier, memo=memo,
+                                   progress=progress)
         best_of_wall = round(time.perf_counter() - t1, 3)
     out, at = [], 0
     for one in sets:
@@ -126,12 +130,14 @@ def _best_of_metrics(rounds: int, temperature: float, before: list[bool], compar
 
 
 def best_of_choices(policy: Any, rows: list[dict], records: list[dict], loop: Any, options: Any, *,
-                    scorer: Any, temperature: float, progress: bool = False) -> dict[str, list]:
+                    scorer: Any, temperature: float, verifier: Any = None, memo: Any = None,
+                    progress: bool = False) -> dict[str, list]:
     """Best-of-(1+R) by the verifier on the answers the loop attempted: R fresh samples each (the
     plain PoT prompt), the greedy answer kept unless a sample ranks higher; and the same with only
     the samples whose tokens fit in what the repair spent on that problem. Per row: whether each
     choice is right by the gold (``all_ok``, ``budget_ok``) and the tokens it spent (``spent_all``,
-    ``spent_budget``)."""
+    ``spent_budget``). ``verifier``: the loop's (its sandbox results and PRM scores are reused), else
+    a new one with ``scorer``; ``memo``: a ``rewards.ExecMemo`` for the gold's judging runs."""
     rounds = options.rounds
     flagged = [i for i, rec in enumerate(records) if rec["attempted"]]
     tokenizer = policy.tokenizer
@@ -141,7 +147,9 @@ def best_of_choices(policy: Any, rows: list[dict], records: list[dict], loop: An
                            max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
                            num_return_sequences=rounds, temperature=temperature, top_p=options.top_p,
                            seed=options.seed + 1, progress=progress)
-    verifier = loop.Verifier(tokenizer, scorer, aggregation=options.aggregation, grounding=options.grounding)
+    if verifier is None:
+        verifier = loop.Verifier(tokenizer, scorer, aggregation=options.aggregation, grounding=options.grounding,
+                                 memo=memo)
     flat = [(j, text) for j, texts in enumerate(samples) for text in texts]
     checked = verifier.verify([rows[flagged[j]]["question"] for j, _ in flat], [t for _, t in flat])
     lengths = loop.token_counts(tokenizer, [t for _, t in flat])
@@ -166,9 +174,10 @@ def best_of_choices(policy: Any, rows: list[dict], records: list[dict], loop: An
         choice_budget[i] = _best(fit, loop, options)
         spent_all[i], spent_budget[i] = sum(c[2] for c in ranked), used
     golds = [r["answer"] for r in rows]
-    all_ok = [s.correct is True for s in score_pot([choice_all[i] for i in range(len(rows))], golds)] if rows else []
-    budget_ok = ([s.correct is True for s in score_pot([choice_budget[i] for i in range(len(rows))], golds)]
-                 if rows else [])
+    all_ok = ([s.correct is True for s in score_pot([choice_all[i] for i in range(len(rows))], golds, memo=memo)]
+              if rows else [])
+    budget_ok = ([s.correct is True for s in score_pot([choice_budget[i] for i in range(len(rows))], golds,
+                                                       memo=memo)] if rows else [])
     for i in flagged:
         rows[i]["repair"]["best_of_correct"] = all_ok[i]
         rows[i]["repair"]["best_of_same_budget_correct"] = budget_ok[i]

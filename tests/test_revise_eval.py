@@ -201,3 +201,37 @@ def test_the_loop_reuses_the_sandbox_runs_of_evals_judge(scripted):
     memo.clear()
     loop.repair(policy, items[:1], RepairOptions(rounds=1, threshold=None), sandbox=sandbox, memo=memo)
     assert len(sandbox.ran) == 6  # cleared: the program runs again
+
+
+def test_the_comparison_reuses_the_loops_runs_and_scores(scripted, monkeypatch):
+    """Eval with repair runs each distinct program once and the PRM scores each distinct (question,
+    steps) once: the greedy answers the loop verified and the finals it chose are not verified again by
+    the best-of comparison or the gold's judging."""
+    import rewards.scoring
+    from rewards import ExecMemo
+
+    real_sandbox = rewards.scoring.get_sandbox()
+
+    class CountingSandbox:
+        ran: list = []
+
+        def run_many(self, programs):
+            self.ran.extend(programs)
+            return real_sandbox.run_many(programs)
+
+    class CountingScorer(StepScorer):
+        scored: list = []
+
+        def score_steps(self, questions, steps):
+            self.scored.extend(zip(questions, map(tuple, steps), strict=True))
+            return super().score_steps(questions, steps)
+
+    sandbox, scorer = CountingSandbox(), CountingScorer()
+    monkeypatch.setattr(rewards.scoring, "get_sandbox", lambda: sandbox)
+    rows = _rows()
+    m = eval_repair.repair_eval_sets(SimpleNamespace(model=None, tokenizer=WordTokenizer()), [rows], loop,
+                                     RepairOptions(rounds=2, threshold=0.5), scorer=scorer,
+                                     memo=ExecMemo(keep_all=True))[0]
+    assert (m["fixed"], m["broken"], m["best_of"]["fixed"]) == (1, 1, 1)  # the figures of the first test
+    assert len(sandbox.ran) == len(set(sandbox.ran)) >= 4 + 2 + 4  # greedy, revisions, samples
+    assert len(scorer.scored) == len(set(scorer.scored)) >= 4 + 2 + 4

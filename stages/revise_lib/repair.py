@@ -200,6 +200,9 @@ class Verifier:
         self.sandbox = sandbox
         self.grounding = grounding
         self.memo = memo  # a rewards.ExecMemo: programs already run (eval's judge) are not run again
+        # the PRM's step scores by (question, steps): a version scored once (the loop's, then the best-of
+        # comparison's view of the same greedy answer) is not scored again
+        self._scores: dict[tuple[str, tuple[str, ...]], list[float]] = {}
 
     @property
     def signal(self) -> str:
@@ -214,10 +217,9 @@ class Verifier:
         scores: list[list[float] | None] = [None] * len(completions)
         if self.scorer is not None and prm:
             scored = [i for i, s in enumerate(steps) if s]
-            if scored:
-                out = self.scorer.score_steps([questions[i] for i in scored], [steps[i] for i in scored])
-                for i, s in zip(scored, out, strict=True):
-                    scores[i] = [float(x) for x in s]
+            for i, s in zip(scored, self._score([questions[i] for i in scored], [steps[i] for i in scored]),
+                            strict=True):
+                scores[i] = s
         lengths = token_counts(self.tokenizer, [p or "" for p in programs])
         out = []
         for question, program, st, sc, n in zip(questions, programs, steps, scores, lengths, strict=True):
@@ -239,10 +241,19 @@ class Verifier:
         todo = [(q, v) for q, v in zip(questions, verifications, strict=True) if v.steps and v.scores is None]
         if self.scorer is None or not todo:
             return
-        out = self.scorer.score_steps([q for q, _ in todo], [v.steps for _, v in todo])
-        for (_, v), s in zip(todo, out, strict=True):
-            v.scores = [float(x) for x in s]
+        for (_, v), s in zip(todo, self._score([q for q, _ in todo], [v.steps for _, v in todo]), strict=True):
+            v.scores = s
             v.score = float(self.aggregate(v.scores)) if v.scores else None
+
+    def _score(self, questions: Sequence[str], steps: Sequence[list[str]]) -> list[list[float]]:
+        """The PRM's step scores, each distinct (question, steps) scored once, in one batch."""
+        keys = [(q, tuple(st)) for q, st in zip(questions, steps, strict=True)]
+        missing = [k for k in dict.fromkeys(keys) if k not in self._scores]
+        if missing:
+            out = self.scorer.score_steps([q for q, _ in missing], [list(st) for _, st in missing])
+            for k, s in zip(missing, out, strict=True):
+                self._scores[k] = [float(x) for x in s]
+        return [list(self._scores[k]) for k in keys]
 
 
 def token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int]:
@@ -415,7 +426,7 @@ def gold_accepts(v: Verification, gold: str) -> bool:
 
 def repair(policy: Any, items: Sequence[dict], options: RepairOptions | None = None, *, scorer: Any = None,
            force: Sequence[bool] | None = None, golds: Sequence[str | None] | None = None, sandbox: Any = None,
-           memo: Any = None, progress: bool = False) -> list[dict]:
+           memo: Any = None, verifier: Verifier | None = None, progress: bool = False) -> list[dict]:
     """Verify and revise ``items`` (``{"id", "question", "completion"}``) for at most
     ``options.rounds`` rounds; one record per item (see :func:`record_fields`). ``scorer`` is a
     PRM scorer (``score_steps(questions, steps)``) or None (the sandbox signal alone); ``force``
@@ -423,12 +434,18 @@ def repair(policy: Any, items: Sequence[dict], options: RepairOptions | None = N
     inputs); ``golds`` (the revise stage only, never eval) lets the gold decide when an item is done
     (see the module's docstring; an unreadable gold leaves that item to the verifier). ``memo`` (a
     ``rewards.ExecMemo``) holds sandbox results already known (eval's judge ran the same programs).
-    ``policy`` has ``model`` and ``tokenizer``."""
+    ``verifier`` (instead of ``scorer``, ``sandbox`` and ``memo``) is a :class:`Verifier` to share with
+    the caller (eval's best-of comparison verifies the same greedy answers), built with the options'
+    aggregation and grounding. ``policy`` has ``model`` and ``tokenizer``."""
     options = options or RepairOptions()
     options.check()
     tokenizer = policy.tokenizer
-    verifier = Verifier(tokenizer, scorer, aggregation=options.aggregation, sandbox=sandbox,
-                        grounding=options.grounding, memo=memo)
+    if verifier is None:
+        verifier = Verifier(tokenizer, scorer, aggregation=options.aggregation, sandbox=sandbox,
+                            grounding=options.grounding, memo=memo)
+    elif verifier.grounding != options.grounding or verifier.aggregate is not AGGREGATIONS[options.aggregation]:
+        raise ValueError("repair: the verifier given was built with other grounding or aggregation options")
+    scorer = verifier.scorer
     force = list(force) if force is not None else [False] * len(items)
     golds = [readable_gold(g) for g in golds] if golds is not None else [None] * len(items)
     if len(golds) != len(items):
