@@ -60,10 +60,11 @@ def check(run: Path) -> list[str]:
 
 def check_brevity(run: Path) -> list[str]:
     """dpo and length_rl (issues 17 and 14) make the programs shorter while staying right: dpo at least 15%
-    fewer completion tokens on the usual split than its parent, length_rl at least 5% fewer than dpo (the
-    folded answer, docs/rl.md), each with pass@1 no more than 1 point below its parent on both splits."""
+    fewer completion tokens on the usual split than its parent, length_rl at least 10% fewer than dpo (the
+    folded answer and the unchecked division, docs/rl.md), each with pass@1 no more than 1 point below its
+    parent on both splits."""
     broken = []
-    chain = (("dpo", "revise", 0.15), ("length_rl", "dpo", 0.05))
+    chain = (("dpo", "revise", 0.15), ("length_rl", "dpo", 0.10))
     for stage, parent, cut in chain:
         now, before = _metrics(run, stage)["eval"], _metrics(run, parent)["eval"]
         tokens, parent_tokens = now[USUAL]["mean_completion_tokens"], before[USUAL]["mean_completion_tokens"]
