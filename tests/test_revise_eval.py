@@ -235,3 +235,15 @@ def test_the_comparison_reuses_the_loops_runs_and_scores(scripted, monkeypatch):
     assert (m["fixed"], m["broken"], m["best_of"]["fixed"]) == (1, 1, 1)  # the figures of the first test
     assert len(sandbox.ran) == len(set(sandbox.ran)) >= 4 + 2 + 4  # greedy, revisions, samples
     assert len(scorer.scored) == len(set(scorer.scored)) >= 4 + 2 + 4
+
+
+def test_a_shared_verifier_must_match_the_loops_options():
+    policy = SimpleNamespace(model=None, tokenizer=WordTokenizer())
+    item = [{"id": "right", "question": QUESTIONS["right"], "completion": format_completion(GREEDY["right"][0])}]
+    verifier = loop.Verifier(policy.tokenizer, StepScorer(), grounding=True)
+    with pytest.raises(ValueError, match="other grounding or aggregation"):
+        loop.repair(policy, item, RepairOptions(rounds=1, grounding=False), verifier=verifier)
+    with pytest.raises(ValueError, match="other grounding or aggregation"):
+        loop.repair(policy, item, RepairOptions(rounds=1, grounding=True, aggregation="last"), verifier=verifier)
+    record = loop.repair(policy, item, RepairOptions(rounds=1, grounding=True), verifier=verifier)[0]
+    assert record["attempted"] is False and record["stop"] == "not_flagged"

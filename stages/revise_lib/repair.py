@@ -201,7 +201,8 @@ class Verifier:
         self.grounding = grounding
         self.memo = memo  # a rewards.ExecMemo: programs already run (eval's judge) are not run again
         # the PRM's step scores by (question, steps): a version scored once (the loop's, then the best-of
-        # comparison's view of the same greedy answer) is not scored again
+        # comparison's view of the same greedy answer) is not scored again; one entry per distinct version
+        # this verifier saw (a verifier lives for one loop, or one evaluation)
         self._scores: dict[tuple[str, tuple[str, ...]], list[float]] = {}
 
     @property
