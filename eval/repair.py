@@ -83,9 +83,8 @@ def repair_eval_sets(policy: Any, sets: Sequence[list[dict]], loop: Any, options
     compared = None
     if baseline:
         t1 = time.perf_counter()
-        compared = best_of_choices(policy, rows, records, loop, options, scorer=scorer,
-                                   temperature=baseline_temperature, verifier=verifier, memo=memo,
-                                   progress=progress)
+        compared = best_of_choices(policy, rows, records, loop, options, verifier=verifier,
+                                   temperature=baseline_temperature, memo=memo, progress=progress)
         best_of_wall = round(time.perf_counter() - t1, 3)
     out, at = [], 0
     for one in sets:
@@ -130,14 +129,13 @@ def _best_of_metrics(rounds: int, temperature: float, before: list[bool], compar
 
 
 def best_of_choices(policy: Any, rows: list[dict], records: list[dict], loop: Any, options: Any, *,
-                    scorer: Any, temperature: float, verifier: Any = None, memo: Any = None,
-                    progress: bool = False) -> dict[str, list]:
+                    verifier: Any, temperature: float, memo: Any = None, progress: bool = False) -> dict[str, list]:
     """Best-of-(1+R) by the verifier on the answers the loop attempted: R fresh samples each (the
     plain PoT prompt), the greedy answer kept unless a sample ranks higher; and the same with only
     the samples whose tokens fit in what the repair spent on that problem. Per row: whether each
     choice is right by the gold (``all_ok``, ``budget_ok``) and the tokens it spent (``spent_all``,
-    ``spent_budget``). ``verifier``: the loop's (its sandbox results and PRM scores are reused), else
-    a new one with ``scorer``; ``memo``: a ``rewards.ExecMemo`` for the gold's judging runs."""
+    ``spent_budget``). ``verifier``: the loop's (its sandbox results and PRM scores are reused);
+    ``memo``: a ``rewards.ExecMemo`` for the gold's judging runs."""
     rounds = options.rounds
     flagged = [i for i, rec in enumerate(records) if rec["attempted"]]
     tokenizer = policy.tokenizer
@@ -147,9 +145,6 @@ def best_of_choices(policy: Any, rows: list[dict], records: list[dict], loop: An
                            max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
                            num_return_sequences=rounds, temperature=temperature, top_p=options.top_p,
                            seed=options.seed + 1, progress=progress)
-    if verifier is None:
-        verifier = loop.Verifier(tokenizer, scorer, aggregation=options.aggregation, grounding=options.grounding,
-                                 memo=memo)
     flat = [(j, text) for j, texts in enumerate(samples) for text in texts]
     checked = verifier.verify([rows[flagged[j]]["question"] for j, _ in flat], [t for _, t in flat])
     lengths = loop.token_counts(tokenizer, [t for _, t in flat])

@@ -213,14 +213,16 @@ def test_the_comparison_reuses_the_loops_runs_and_scores(scripted, monkeypatch):
     real_sandbox = rewards.scoring.get_sandbox()
 
     class CountingSandbox:
-        ran: list = []
+        def __init__(self):
+            self.ran = []
 
         def run_many(self, programs):
             self.ran.extend(programs)
             return real_sandbox.run_many(programs)
 
     class CountingScorer(StepScorer):
-        scored: list = []
+        def __init__(self):
+            self.scored = []
 
         def score_steps(self, questions, steps):
             self.scored.extend(zip(questions, map(tuple, steps), strict=True))

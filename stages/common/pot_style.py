@@ -11,9 +11,9 @@ comment line after the program; the synth stage's ``verbose_fraction`` uses them
 
 ``apply_style`` writes a program in a chat teacher's style, features joined by ``+`` (comments
 before the statements that compute, intermediate prints, an ``answer`` variable, inlining, no
-``assert`` checks, an explanation; see ``FEATURES``), and ``pick_style`` draws one style per problem from a mix: the
-synth stage's ``style_mix``, which the tiny recipe uses (recipes/tiny/synth.yaml says which mix and
-why). Every rewrite keeps the program's output; the answer stays the last line printed.
+``assert`` checks, an explanation; see ``FEATURES``), and ``pick_style`` draws one style per problem
+from a mix: the synth stage's ``style_mix``, which the tiny recipe uses (recipes/tiny/synth.yaml says
+which mix and why). Every rewrite keeps the program's output; the answer stays the last line printed.
 
 Only straight-line, top-level code is inlined: a program with a loop, a function, a ``global``,
 ``del``, augmented assignments to the variable or a read inside a nested scope keeps the variable.
@@ -375,6 +375,10 @@ def _comment_lines(program: str) -> str | None:
     return "\n".join(out) + "\n"
 
 
+# the features that rewrite the AST, in FEATURES order; each returns False when it cannot apply
+_REWRITES = {"no_asserts": _drop_asserts, "fold": _fold_answer, "answer_var": _add_answer_var, "prints": _add_prints}
+
+
 def apply_style(program: str, style: str, key: str = "") -> str | None:
     """``program`` rewritten in ``style`` (see ``FEATURES``); ``key`` picks the explanation's
     wording. None when the program does not parse, is not straight-line top-level code, or a
@@ -394,10 +398,9 @@ def apply_style(program: str, style: str, key: str = "") -> str | None:
         if code is None:
             return None
         tree = ast.parse(code)
-    rewrites = {"no_asserts": _drop_asserts, "fold": _fold_answer, "answer_var": _add_answer_var, "prints": _add_prints}
-    transforms = [f for f in rewrites if f in features]
+    transforms = [f for f in _REWRITES if f in features]
     for feature in transforms:
-        if not rewrites[feature](tree.body):
+        if not _REWRITES[feature](tree.body):
             return None
     if transforms:
         code = ast.unparse(ast.fix_missing_locations(tree)) + "\n"
