@@ -123,6 +123,7 @@ def _set_metrics(records: list[dict], before: list[bool], after: list[bool], loo
 
 def _best_of_metrics(rounds: int, temperature: float, before: list[bool], compared: dict[str, list]) -> dict:
     return {"best_of": {"n": 1 + rounds, "temperature": temperature,
+                        "samples_from_loop": sum(compared["reused"]),
                         **outcome(before, compared["all_ok"], compared["spent_all"])},
             "best_of_same_budget": {"temperature": temperature,
                                     **outcome(before, compared["budget_ok"], compared["spent_budget"])}}
@@ -133,22 +134,46 @@ def best_of_choices(policy: Any, rows: list[dict], records: list[dict], loop: An
     """Best-of-(1+R) by the verifier on the answers the loop attempted: R fresh samples each (the
     plain PoT prompt), the greedy answer kept unless a sample ranks higher; and the same with only
     the samples whose tokens fit in what the repair spent on that problem. Per row: whether each
-    choice is right by the gold (``all_ok``, ``budget_ok``) and the tokens it spent (``spent_all``,
-    ``spent_budget``). ``verifier``: the loop's (its sandbox results and PRM scores are reused);
-    ``memo``: a ``rewards.ExecMemo`` for the gold's judging runs."""
+    choice is right by the gold (``all_ok``, ``budget_ok``), the tokens it spent (``spent_all``,
+    ``spent_budget``) and how many of its samples the loop had drawn (``reused``).
+
+    The fresh samples come first from the loop's own: a round that rewrites the whole program under
+    the ``prefill`` prompt samples the policy under the plain PoT prompt (its opening fence prefilled;
+    ``loop.plain_sampling``), at the comparison's temperature, and the record keeps those candidates
+    (``plain_samples``). They are draws from the same distribution as a new sample, so the comparison
+    takes the first R of them and samples only what is missing: on the hard split, where most flagged
+    answers reach such a round, it draws a fraction of its samples (a loop at another temperature, or
+    with the feedback prompt, shares none). ``verifier``: the loop's (its sandbox results and PRM scores
+    are reused); ``memo``: a ``rewards.ExecMemo`` for the gold's judging runs."""
     rounds = options.rounds
     flagged = [i for i, rec in enumerate(records) if rec["attempted"]]
     tokenizer = policy.tokenizer
-    samples: list[list[str]] = []
-    if flagged:
-        samples = generate(policy.model, tokenizer, chat_prompts(tokenizer, [rows[i]["question"] for i in flagged]),
-                           max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
-                           num_return_sequences=rounds, temperature=temperature, top_p=options.top_p,
-                           seed=options.seed + 1, progress=progress)
+    shared = options.temperature == temperature
+    samples: list[list[str]] = [list(records[i].get("plain_samples") or [])[:rounds] if shared else []
+                                for i in flagged]
+    reused = [len(texts) for texts in samples]
+    missing: dict[int, list[int]] = {}  # samples still to draw -> the flagged answers (positions) missing them
+    for j, texts in enumerate(samples):
+        if len(texts) < rounds:
+            missing.setdefault(rounds - len(texts), []).append(j)
+    for count, positions in sorted(missing.items()):
+        drawn = generate(policy.model, tokenizer, chat_prompts(tokenizer, [rows[flagged[j]]["question"]
+                                                                          for j in positions]),
+                         max_new_tokens=options.max_new_tokens, batch_size=options.batch_size,
+                         num_return_sequences=count, temperature=temperature, top_p=options.top_p,
+                         seed=options.seed + 1 + 7919 * (rounds - count), progress=progress,
+                         expected_tokens=[records[flagged[j]]["initial"].get("program_tokens") or 0
+                                          for j in positions])
+        for j, texts in zip(positions, drawn, strict=True):
+            samples[j] += texts
     flat = [(j, text) for j, texts in enumerate(samples) for text in texts]
-    checked = verifier.verify([rows[flagged[j]]["question"] for j, _ in flat], [t for _, t in flat])
+    # without a threshold the PRM only orders candidates the sandbox and the quantity check leave tied at
+    # the top: those alone are scored (below), as in the loop
+    by_need = options.threshold is None
+    checked = verifier.verify([rows[flagged[j]]["question"] for j, _ in flat], [t for _, t in flat], prm=not by_need)
     lengths = loop.token_counts(tokenizer, [t for _, t in flat])
-    greedy = verifier.verify([rows[i]["question"] for i in flagged], [rows[i]["completion"] for i in flagged])
+    greedy = verifier.verify([rows[i]["question"] for i in flagged], [rows[i]["completion"] for i in flagged],
+                             prm=not by_need)
     per: dict[int, list[tuple[str, Any, int]]] = {}
     for (j, text), v, n in zip(flat, checked, lengths, strict=True):
         per.setdefault(j, []).append((text, v, n))
@@ -156,6 +181,7 @@ def best_of_choices(policy: Any, rows: list[dict], records: list[dict], loop: An
     choice_budget = dict(choice_all)
     spent_all = [0] * len(rows)
     spent_budget = [0] * len(rows)
+    pools = []
     for j, i in enumerate(flagged):
         ranked = [(rows[i]["completion"], greedy[j], 0)] + per.get(j, [])
         budget = records[i]["extra_tokens"]
@@ -165,6 +191,13 @@ def best_of_choices(policy: Any, rows: list[dict], records: list[dict], loop: An
                 break
             used += cand[2]
             fit.append(cand)
+        pools.append((ranked, fit, used))
+    if by_need:
+        tied = [(rows[i]["question"], v) for (ranked, fit, _), i in zip(pools, flagged, strict=True)
+                for pool in (ranked, fit)
+                for v in loop.top_tier([(v, loop.flag_step(v, options.threshold)) for _, v, _ in pool])]
+        verifier.add_scores([q for q, _ in tied], [v for _, v in tied])
+    for (ranked, fit, used), i in zip(pools, flagged, strict=True):
         choice_all[i] = _best(ranked, loop, options)
         choice_budget[i] = _best(fit, loop, options)
         spent_all[i], spent_budget[i] = sum(c[2] for c in ranked), used
@@ -173,10 +206,14 @@ def best_of_choices(policy: Any, rows: list[dict], records: list[dict], loop: An
               if rows else [])
     budget_ok = ([s.correct is True for s in score_pot([choice_budget[i] for i in range(len(rows))], golds,
                                                        memo=memo)] if rows else [])
-    for i in flagged:
+    reused_per_row = [0] * len(rows)
+    for j, i in enumerate(flagged):
+        reused_per_row[i] = reused[j]
         rows[i]["repair"]["best_of_correct"] = all_ok[i]
         rows[i]["repair"]["best_of_same_budget_correct"] = budget_ok[i]
-    return {"all_ok": all_ok, "budget_ok": budget_ok, "spent_all": spent_all, "spent_budget": spent_budget}
+        rows[i]["repair"]["best_of_reused_samples"] = reused[j]
+    return {"all_ok": all_ok, "budget_ok": budget_ok, "spent_all": spent_all, "spent_budget": spent_budget,
+            "reused": reused_per_row}
 
 
 def _best(candidates: list[tuple[str, Any, int]], loop: Any, options: Any) -> str:

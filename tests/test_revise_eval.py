@@ -249,3 +249,33 @@ def test_a_shared_verifier_must_match_the_loops_options():
         loop.repair(policy, item, RepairOptions(rounds=1, grounding=True, aggregation="last"), verifier=verifier)
     record = loop.repair(policy, item, RepairOptions(rounds=1, grounding=True), verifier=verifier)[0]
     assert record["attempted"] is False and record["stop"] == "not_flagged"
+
+
+def test_the_comparison_takes_its_samples_from_the_loops_whole_program_rounds(scripted, monkeypatch):
+    """A round that rewrites the whole program under the prefill prompt samples the plain PoT prompt:
+    the comparison takes its R samples from those candidates and draws only what is missing."""
+    drawn = []
+    real = eval_repair.generate
+    monkeypatch.setattr(eval_repair, "generate", lambda m, t, prompts, **k: drawn.append((list(prompts), k))
+                        or real(m, t, prompts, **k))
+    policy = SimpleNamespace(model=None, tokenizer=WordTokenizer())
+    # 'fragile' is flagged at its first step (the PRM): its one round rewrites the whole program, 2 candidates;
+    # 'fixable' raises at step 3: its round keeps steps 1-2, so it has no plain sample
+    options = RepairOptions(rounds=2, threshold=0.5, prompt="prefill", candidates=2, temperature=0.7)
+    rows = _rows()
+    m = eval_repair.repair_eval(policy, rows, loop, options, scorer=StepScorer(), baseline_temperature=0.7)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["fragile"]["repair"]["rounds"][0]["kept_steps"] == 0
+    assert by_id["fragile"]["repair"]["best_of_reused_samples"] == 2
+    assert by_id["fixable"]["repair"]["best_of_reused_samples"] == 0
+    assert m["best_of"]["samples_from_loop"] == 2
+    # one draw, for 'fixable' alone, of its two samples
+    assert [(prompts, k["num_return_sequences"]) for prompts, k in drawn] == [([QUESTIONS["fixable"]], 2)]
+    # the reused candidates are the loop's revision: 'fragile' is right with it, as with repair
+    assert by_id["fragile"]["repair"]["best_of_correct"] is False  # a = 9 prints 10, the gold is 5
+    # at another temperature the loop's candidates are not the comparison's draws: nothing is reused
+    drawn.clear()
+    rows = _rows()
+    m = eval_repair.repair_eval(policy, rows, loop, options, scorer=StepScorer(), baseline_temperature=1.0)
+    assert m["best_of"]["samples_from_loop"] == 0
+    assert sorted(p for prompts, _ in drawn for p in prompts) == [QUESTIONS["fixable"], QUESTIONS["fragile"]]

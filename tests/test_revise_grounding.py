@@ -146,7 +146,14 @@ def test_without_a_threshold_the_prm_scores_only_what_the_loop_revises(monkeypat
     policy = SimpleNamespace(model=None, tokenizer=WordTokenizer())
     fine, fixed = loop.repair(policy, items, RepairOptions(rounds=1, threshold=None, grounding=True),
                               scorer=RecordingScorer())
-    assert scored == [QUESTION, QUESTION]  # the flagged original and its revision; never the unflagged answer
+    # eval's loop: the one revision passes and the flagged original cannot outrank it, so nothing is tied
+    # and the PRM is not asked at all
+    assert scored == [] and fine["initial"]["step_scores"] is None and fixed["initial"]["score"] is None
+    assert fixed["final_check"]["answer"] == "20" and fixed["stop"] == "verified"
+    # the revise stage's loop (golds): the flagged original and its revision; never the unflagged answer
+    fine, fixed = loop.repair(policy, items, RepairOptions(rounds=1, threshold=None, grounding=True),
+                              scorer=RecordingScorer(), golds=[None, "20"])
+    assert scored == [QUESTION, QUESTION]
     assert fine["initial"]["step_scores"] is None and fixed["initial"]["score"] == 0.9
     assert fixed["final_check"]["answer"] == "20"
     # with a threshold the PRM flags, so it scores every answer

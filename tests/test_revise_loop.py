@@ -276,3 +276,54 @@ def test_with_golds_the_gold_decides_when_a_solution_is_repaired(monkeypatch):
     assert unread["judge"] == "verifier" and unread["attempted"] is False
     with pytest.raises(ValueError, match="1 items but 2 golds"):
         loop.repair(POLICY, right, options, golds=["1", "2"])
+
+
+class RecordingScorer(StepScorer):
+    """StepScorer that also keeps every (question, steps) it scored."""
+
+    def __init__(self):
+        super().__init__()
+        self.scored = []
+
+    def score_steps(self, questions, steps):
+        self.scored.extend(tuple(st) for st in steps)
+        return super().score_steps(questions, steps)
+
+
+def test_without_a_threshold_the_prm_scores_only_what_it_must_order(monkeypatch):
+    """Without a threshold (and no gold, nothing forced, the best version kept) the PRM only orders the
+    candidates and versions the sandbox leaves tied at the top; the records are those of scoring all."""
+    scripts = {
+        "one passes": ["c = a / 0\nprint(c)\n```", "c = a / 2\nprint(c)\n```", "c = b / 0\nprint(c)\n```"],
+        "two pass": ["c = a / 3  # BAD\nprint(c)\n```", "c = a / 2\nprint(c)\n```", "c = b / 0\nprint(c)\n```"],
+        "none passes": ["c = a / 0  # BAD\nprint(c)\n```", "c = b / 0\nprint(c)\n```", "c = 1 / b\nprint(c)\n```"],
+    }
+    for name, outs in scripts.items():
+        items = [{"id": "x", "question": "q", "completion": format_completion(PROGRAM)}]
+        records, scored = [], []
+        for threshold in (None, 0.0):  # 0.0 flags nothing a score can flag: the same loop, every version scored
+            answers = itertools.cycle(outs)
+            _scripted(monkeypatch, lambda p, answers=answers: next(answers))
+            scorer = RecordingScorer()
+            options = RepairOptions(rounds=2, threshold=threshold, candidates=3, temperature=1.0)
+            records.append(loop.repair(POLICY, items, options, scorer=scorer)[0])
+            scored.append(scorer.scored)
+        lazy, eager = records
+        assert {k: lazy[k] for k in ("final", "final_version", "stop")} == \
+            {k: eager[k] for k in ("final", "final_version", "stop")}, name
+        assert [e["revision"] for e in lazy["rounds"]] == [e["revision"] for e in eager["rounds"]], name
+        assert len(scored[0]) <= len(scored[1]), name
+        if name == "none passes":  # all tied (none runs): the PRM orders every one, as before
+            assert sorted(scored[0]) == sorted(scored[1])
+        if name == "one passes":  # nothing is tied: the PRM is never asked
+            assert scored[0] == [] and lazy["final"].endswith("c = a / 2\nprint(c)\n```")
+        if name == "two pass":  # the two that pass, and only they
+            assert len(scored[0]) == 2 and lazy["final"].endswith("c = a / 2\nprint(c)\n```")
+
+
+def test_equal_completions_are_verified_once():
+    scorer = RecordingScorer()
+    verifier = Verifier(WordTokenizer(), scorer)
+    first, second, other = verifier.verify(["q", "q", "q2"], [format_completion(PROGRAM)] * 3)
+    assert first is second and other is not first
+    assert len(scorer.scored) == 2 and scorer.calls == 1

@@ -8,6 +8,7 @@ prompt or reads a program out of a completion goes through this module.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Sequence
 
@@ -81,6 +82,7 @@ class _Canonical(ast.NodeTransformer):
         return node
 
 
+@functools.lru_cache(maxsize=1 << 14)  # the revision loop keys every candidate, and candidates repeat
 def program_key(code: str) -> str:
     """Near-duplicate key of a program: the same key for programs that differ only in comments,
     spacing, quotes and variable names. Code that does not parse keys on its stripped lines."""

@@ -20,6 +20,7 @@ best, or the answer most of its runs print).
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from collections.abc import Sequence
 
@@ -57,13 +58,19 @@ def implied_numbers(question: str) -> set[float]:
 def step_numbers(step: str) -> list[float] | None:
     """The numeric literals one step writes, in source order (``-5`` counts as 5); None when the step
     does not parse."""
+    numbers = _step_numbers(step)
+    return None if numbers is None else list(numbers)
+
+
+@functools.lru_cache(maxsize=1 << 14)  # eval with repair checks thousands of candidates that share most steps
+def _step_numbers(step: str) -> tuple[float, ...] | None:
     try:
         tree = ast.parse(step)
     except SyntaxError:
         return None
     found = [n for n in ast.walk(tree)
              if isinstance(n, ast.Constant) and isinstance(n.value, int | float) and not isinstance(n.value, bool)]
-    return [float(n.value) for n in sorted(found, key=lambda n: (n.lineno, n.col_offset))]
+    return tuple(float(n.value) for n in sorted(found, key=lambda n: (n.lineno, n.col_offset)))
 
 
 def _show(x: float) -> str:

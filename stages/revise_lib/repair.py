@@ -210,7 +210,15 @@ class Verifier:
         return verifier_signal(self.scorer is not None, self.grounding)
 
     def verify(self, questions: Sequence[str], completions: Sequence[str], *, prm: bool = True) -> list[Verification]:
-        """Run and check every completion; ``prm=False`` leaves the PRM's scores for :meth:`add_scores`."""
+        """Run and check every completion; ``prm=False`` leaves the PRM's scores for :meth:`add_scores`.
+        Equal (question, completion) pairs are checked once and share one verification (a policy's
+        candidates often repeat each other)."""
+        keys = list(zip(questions, completions, strict=True))
+        distinct = list(dict.fromkeys(keys))
+        if len(distinct) < len(keys):
+            checked = dict(zip(distinct, self.verify([q for q, _ in distinct], [c for _, c in distinct], prm=prm),
+                               strict=True))
+            return [checked[k] for k in keys]
         programs = [extract_program(c) for c in completions]
         steps = [split_program(p) if p is not None else [] for p in programs]
         to_run = [p for p in programs if p is not None]
@@ -394,6 +402,7 @@ class _Item:
     votes: dict[str, list[float]] = field(default_factory=dict)  # answer -> [runs printing it, their summed score]
     gold: str | None = None            # the readable gold answer (the revise stage only); None: the verifier decides
     false_passes: int = 0              # versions the verifier passed and the gold rejected
+    plain_samples: list[str] = field(default_factory=list)  # candidates drawn under the plain prompt (see _record)
 
     def flag(self, v: Verification, threshold: float | None, *, force: bool = False) -> Flag | None:
         """The version's flag: by the gold when the item has one (right: None; wrong: the verifier's flag,
@@ -455,8 +464,13 @@ def repair(policy: Any, items: Sequence[dict], options: RepairOptions | None = N
     # Without a threshold the PRM flags nothing: it only ranks the versions of an item the loop revises, so
     # it scores those alone (on eval's greedy answers, most of which nothing flags, that is most of its cost).
     lazy = options.threshold is None and scorer is not None
+    # In eval (no gold, nothing forced, the best-ranked version kept) it ranks only where the sandbox and the
+    # quantity check leave a tie at the top: a candidate or version outranked by them is never scored.
+    by_need = lazy and options.final != "vote" and not any(force) and all(g is None for g in golds)
     first = verifier.verify(questions, [it["completion"] for it in items], prm=not lazy)
-    if lazy:
+    if by_need:
+        _score_to_flag(verifier, questions, first)
+    elif lazy:
         revised = [i for i, v in enumerate(first) if force[i] or golds[i] is not None or flag_step(v, None)]
         verifier.add_scores([questions[i] for i in revised], [first[i] for i in revised])
     state: list[_Item] = []
@@ -475,11 +489,32 @@ def repair(policy: Any, items: Sequence[dict], options: RepairOptions | None = N
         active = [i for i, s in enumerate(state) if s.stop is None]
         if not active:
             break
-        _revise_round(policy, verifier, state, active, rnd, options, progress)
+        _revise_round(policy, verifier, state, active, rnd, options, progress, by_need)
     for s in state:
         if s.stop is None:
             s.stop = "rounds"
+    if by_need:  # the final choice ranks the versions: score those tied at the top
+        tied = [(s.question, v) for s in state for v in top_tier([(v, f) for _, v, f in s.versions])]
+        verifier.add_scores([q for q, _ in tied], [v for _, v in tied])
     return [_record(it, s, options) for it, s in zip(items, state, strict=True)]
+
+
+def _score_to_flag(verifier: Verifier, questions: Sequence[str], checked: Sequence[Verification]) -> None:
+    """Score the versions whose flag reads the PRM without a threshold: a failed run with no line to
+    blame is flagged at its lowest-scored step (:func:`flag_step`)."""
+    need = [k for k, v in enumerate(checked) if v.program is not None and v.steps and v.status != "ok"
+            and v.error_step is None]
+    verifier.add_scores([questions[k] for k in need], [checked[k] for k in need])
+
+
+def top_tier(ranked: Sequence[tuple[Verification, Flag | None]]) -> list[Verification]:
+    """The versions (or candidates) that share the best rank the sandbox and the flag give (passing, then running),
+    when more than one does: only the PRM's score can order them."""
+    if not ranked:
+        return []
+    best = max((f is None, v.runs) for v, f in ranked)
+    top = [v for v, f in ranked if (f is None, v.runs) == best]
+    return top if len(top) > 1 else []
 
 
 def _round_flag(s: _Item, rnd: int, options: RepairOptions) -> Flag:
@@ -491,10 +526,17 @@ def _round_flag(s: _Item, rnd: int, options: RepairOptions) -> Flag:
     return flag
 
 
+def plain_sampling(options: RepairOptions, flag: Flag) -> bool:
+    """Whether a round from ``flag`` samples under the plain PoT prompt: the ``prefill`` prompt with no
+    step kept is the problem's PoT prompt with the opening fence prefilled, so its candidates are fresh
+    samples of the policy (what eval's best-of comparison draws; see ``plain_samples`` in the record)."""
+    return options.prompt == "prefill" and flag.step == 0
+
+
 def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: list[int], rnd: int,
-                  options: RepairOptions, progress: bool) -> None:
+                  options: RepairOptions, progress: bool, by_need: bool = False) -> None:
     tokenizer = policy.tokenizer
-    prompts, prefixes, budgets = [], [], []
+    prompts, prefixes, budgets, remaining = [], [], [], []
     for i in active:
         _, v, _ = state[i].current
         flag = _round_flag(state[i], rnd, options)
@@ -503,17 +545,29 @@ def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: l
     kept_tokens = token_counts(tokenizer, [p[len("```python\n"):] for p in prefixes])
     for i, k in zip(active, kept_tokens, strict=True):
         budgets.append(max(1, state[i].limit - k) + _FENCE_TOKENS)
+        remaining.append(max(0, (state[i].current[1].program_tokens or 0) - k))  # what the revision rewrites
     budget = min(options.max_new_tokens, max(budgets))
     outs = generate(policy.model, tokenizer, prompts, max_new_tokens=budget, batch_size=options.batch_size,
                     num_return_sequences=options.candidates, temperature=options.temperature, top_p=options.top_p,
-                    seed=options.seed + 7919 * rnd, progress=progress)
+                    seed=options.seed + 7919 * rnd, progress=progress, expected_tokens=remaining)
     flat = [(j, prefixes[j] + text) for j, texts in enumerate(outs) for text in texts]
     generated = token_counts(tokenizer, [text for texts in outs for text in texts])
-    checked = verifier.verify([state[active[j]].question for j, _ in flat], [c for _, c in flat])
+    questions = [state[active[j]].question for j, _ in flat]
+    checked = verifier.verify(questions, [c for _, c in flat], prm=not by_need)
+    if by_need:
+        _score_to_flag(verifier, questions, checked)
     by_item: dict[int, list[tuple[str, Verification, int]]] = {}
     for (j, completion), v, n in zip(flat, checked, generated, strict=True):
         by_item.setdefault(j, []).append((completion, v, n))
     deterministic = options.temperature <= 0
+    if by_need:  # the PRM orders only the new candidates tied at the top of an item (see the loop below)
+        tied = []
+        for j, i in enumerate(active):
+            s = state[i]
+            new = [(v, s.flag(v, options.threshold)) for _, v, _ in by_item[j]
+                   if v.program is None or (v.program_tokens <= s.limit and program_key(v.program) not in s.keys)]
+            tied += [(s.question, v) for v in top_tier(new)]
+        verifier.add_scores([q for q, _ in tied], [v for _, v in tied])
     for j, i in enumerate(active):
         s = state[i]
         flag = _round_flag(s, rnd, options)
@@ -529,6 +583,8 @@ def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: l
                 continue
             fresh.append((completion, v, n, s.flag(v, options.threshold)))
             s.pool.append((completion, v, fresh[-1][3]))
+        if plain_sampling(options, flag):
+            s.plain_samples += [completion for completion, _, _ in tried]
         entry = {"round": rnd, "flag": flag.as_dict(), "kept_steps": flag.step, "prompt": options.prompt,
                  "candidates": len(tried), "candidate_answers": [v.answer for _, v, _ in tried],
                  "generated_tokens": sum(n for _, _, n in tried)}
@@ -575,7 +631,7 @@ def _record(item: dict, s: _Item, options: RepairOptions) -> dict:
             "final": completion, "final_version": final, "final_verified": flag is None,
             "final_check": v.summary(), "stop": s.stop, "extra_tokens": s.extra_tokens,
             "votes": s.votes if options.final == "vote" else None, "judge": "verifier" if s.gold is None else "gold",
-            "verifier_false_passes": s.false_passes}
+            "verifier_false_passes": s.false_passes, "plain_samples": s.plain_samples}
 
 
 def record_fields() -> tuple[str, ...]:
@@ -585,10 +641,12 @@ def record_fields() -> tuple[str, ...]:
     run and step scores), ``final`` (the completion chosen), ``final_version`` (0: the original; None:
     a candidate of a round that was not kept as a version, chosen by the vote),
     ``stop`` (not_flagged, verified, gold, repeat, over_growth, rounds), ``extra_tokens`` (generated),
-    ``judge`` (verifier, or gold with ``golds``) and ``verifier_false_passes`` (versions the verifier
-    passed and the gold rejected)."""
+    ``judge`` (verifier, or gold with ``golds``), ``verifier_false_passes`` (versions the verifier
+    passed and the gold rejected) and ``plain_samples`` (every candidate of the rounds that sampled under
+    the plain PoT prompt, see :func:`plain_sampling`, in the order drawn: eval's best-of comparison
+    takes its fresh samples from them before it samples more)."""
     return ("id", "attempted", "forced", "flag", "initial", "rounds", "final", "final_version", "final_verified",
-            "final_check", "stop", "extra_tokens", "votes", "judge", "verifier_false_passes")
+            "final_check", "stop", "extra_tokens", "votes", "judge", "verifier_false_passes", "plain_samples")
 
 
 def demonstration(question: str, previous: str, entry: dict, prompt: str = "feedback") -> dict:
