@@ -21,7 +21,8 @@ recipe's (``@prm``: that run's prm stage; without one the verifier is the sandbo
 policy checkpoint the benchmark reports ``skipped``. ``--quick``: the repaired sets only, their first
 10 problems, one round (16 s on 2 cores at load 1.5; 90 s at load 5, when other torch jobs share the
 cores); full: every eval set of the recipe in full (850 problems), ``--reps`` rounds (on the default
-run's length_rl checkpoint about 10 s a round: 3.3 s plain, 6.4 s with repair; on grpo about 28 s).
+run's length_rl checkpoint about 8 s a round: 3.5 s plain, 4.2 s with repair; on sft about 14 s: 5.1 s plain, 9.0 s
+with repair, docs/eval.md).
 """
 
 from __future__ import annotations
