@@ -140,10 +140,11 @@ def best_of_choices(policy: Any, rows: list[dict], records: list[dict], loop: An
     The fresh samples come first from the loop's own: a round that rewrites the whole program under
     the ``prefill`` prompt samples the policy under the plain PoT prompt (its opening fence prefilled;
     ``loop.plain_sampling``), at the comparison's temperature, and the record keeps those candidates
-    (``plain_samples``). They are draws from the same distribution as a new sample, so the comparison
-    takes the first R of them and samples only what is missing: on the hard split, where most flagged
-    answers reach such a round, it draws a fraction of its samples (a loop at another temperature, or
-    with the feedback prompt, shares none). ``verifier``: the loop's (its sandbox results and PRM scores
+    (``plain_samples``). They are draws from the same distribution as a new sample (up to their length
+    cap: the round's growth budget, not ``max_new_tokens``), so the comparison takes the first R of them
+    and samples only what is missing: on the hard split, where most flagged answers reach such a round,
+    it draws a fraction of its samples (a loop at another temperature, or with the feedback prompt,
+    shares none). ``verifier``: the loop's (its sandbox results and PRM scores
     are reused); ``memo``: a ``rewards.ExecMemo`` for the gold's judging runs."""
     rounds = options.rounds
     flagged = [i for i, rec in enumerate(records) if rec["attempted"]]
