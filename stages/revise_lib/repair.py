@@ -417,6 +417,14 @@ class _Item:
             flag = flag_step(v, threshold, force=True)
         return flag
 
+    def over_growth(self, v: Verification) -> bool:
+        """Whether a candidate's program is past the growth limit (it is rejected)."""
+        return v.program is not None and v.program_tokens > self.limit
+
+    def repeats(self, v: Verification) -> bool:
+        """Whether a candidate's program is one of the item's versions already (normalized)."""
+        return v.program is not None and program_key(v.program) in self.keys
+
     def vote(self, v: Verification) -> None:
         if v.runs:
             count = self.votes.setdefault(v.answer, [0, 0.0])
@@ -512,8 +520,9 @@ def top_tier(ranked: Sequence[tuple[Verification, Flag | None]]) -> list[Verific
     when more than one does: only the PRM's score can order them."""
     if not ranked:
         return []
-    best = max((f is None, v.runs) for v, f in ranked)
-    top = [v for v, f in ranked if (f is None, v.runs) == best]
+    tiers = [version_rank(v, f)[:-1] for v, f in ranked]  # the rank without the PRM's score
+    best = max(tiers)
+    top = [v for (v, _), tier in zip(ranked, tiers, strict=True) if tier == best]
     return top if len(top) > 1 else []
 
 
@@ -565,7 +574,7 @@ def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: l
         for j, i in enumerate(active):
             s = state[i]
             new = [(v, s.flag(v, options.threshold)) for _, v, _ in by_item[j]
-                   if v.program is None or (v.program_tokens <= s.limit and program_key(v.program) not in s.keys)]
+                   if not s.over_growth(v) and not s.repeats(v)]
             tied += [(s.question, v) for v in top_tier(new)]
         verifier.add_scores([q for q, _ in tied], [v for _, v in tied])
     for j, i in enumerate(active):
@@ -575,11 +584,11 @@ def _revise_round(policy: Any, verifier: Verifier, state: list[_Item], active: l
         s.extra_tokens += sum(n for _, _, n in tried)
         fresh, outcome = [], "repeat"
         for completion, v, n in tried:
-            if v.program is not None and v.program_tokens > s.limit:
+            if s.over_growth(v):
                 outcome = "over_growth" if outcome == "repeat" else outcome
                 continue
             s.vote(v)
-            if v.program is not None and program_key(v.program) in s.keys:
+            if s.repeats(v):
                 continue
             fresh.append((completion, v, n, s.flag(v, options.threshold)))
             s.pool.append((completion, v, fresh[-1][3]))
