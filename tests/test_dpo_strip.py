@@ -205,6 +205,16 @@ def test_features_can_be_turned_off():
         strip_program(program, ("colors",))
 
 
+def test_the_answer_print_keeps_its_label():
+    # the teacher's labelled answer (pot_style's `label`) is the answer's print, not a needless one: the
+    # strip leaves its label and collapses the alias into it
+    teacher = "a = 2\nb = 3\n# the total\ntotal = a * b\nprint('total:', total)\n# print the final answer\n" \
+              "answer = total\nprint('Answer:', answer)\n"
+    r = strip_program(teacher)
+    assert r.program == "a = 2\nb = 3\ntotal = a * b\nprint('Answer:', total)\n"
+    assert r.removed == {"comments": 2, "prints": 1, "aliases": 1}
+
+
 @pytest.mark.parametrize(("program", "reason"), [
     ("x = (1\n", "unparseable"),
     ("x = 1\ny = x + 1\n", "no_answer_print"),

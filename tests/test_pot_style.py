@@ -132,10 +132,12 @@ def test_explanation_follows_the_program_and_changes_no_output():
 
 STYLES = ("plain", "comments", "answer_var", "prints", "inline", "fold", "no_asserts", "comments+answer_var",
           "comments+fold", "fold+no_asserts", "comments+fold+no_asserts", "comments+prints+answer_var",
-          "inline+comments+explanation")
+          "inline+comments+explanation", "label", "comments+answer_var+label", "comments+prints+answer_var+label",
+          "comments+fold+no_asserts+label")
 
 
 def test_every_style_prints_the_same_answer_last_and_is_deterministic():
+    from rewards.scoring import printed_answer
     from stages.common.pot_style import apply_style
 
     problems = generate_problems(120, split="train", seed=6, levels=(1, 2, 3, 4))
@@ -147,7 +149,10 @@ def test_every_style_prints_the_same_answer_last_and_is_deterministic():
                 continue
             assert new == apply_style(p["program"], style, p["id"])
             out = _run(new).strip().splitlines()
-            assert out[-1] == p["answer"], (style, new)
+            if "label" in style:  # the answer after its label, which the answer reader takes
+                assert out[-1] == f"Answer: {p['answer']}" and printed_answer(out[-1]) == p["answer"], (style, new)
+            else:
+                assert out[-1] == p["answer"], (style, new)
             if "prints" in style and p["level"] > 1:
                 assert len(out) > 1  # intermediate values come first, the answer stays last
             if "comments" in style:
@@ -196,6 +201,12 @@ def test_styles_add_what_they_name():
     assert apply_style(program, "answer_var+comments") == apply_style(program, "comments+answer_var")
     full = apply_style(program, "comments+prints+answer_var")
     assert "print('apples:', apples)\n# print the final answer\nanswer = apples\nprint(answer)\n" in full
+    # label: the final print prints the answer after "Answer:", whatever computes it
+    assert apply_style(program, "label") == program.replace("print(apples)", "print('Answer:', apples)")
+    assert apply_style(program, "fold+label").endswith("print('Answer:', apples + bought)\n")
+    assert apply_style(program, "answer_var+label").endswith("answer = apples\nprint('Answer:', answer)\n")
+    assert apply_style(program, "comments+label").endswith("# print the final answer\nprint('Answer:', apples)\n")
+    assert apply_style("x = 1\n", "label") is None and apply_style("print(1, 2)\n", "label") is None
     # no final print, control flow, a name the alias would shadow, bad code: nothing to rewrite
     assert apply_style("x = 1\n", "answer_var") is None
     assert apply_style("for i in range(2):\n    print(i)\n", "comments") is None

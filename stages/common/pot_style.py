@@ -11,9 +11,10 @@ comment line after the program; the synth stage's ``verbose_fraction`` uses them
 
 ``apply_style`` writes a program in a chat teacher's style, features joined by ``+`` (comments
 before the statements that compute, intermediate prints, an ``answer`` variable, inlining, no
-``assert`` checks, an explanation; see ``FEATURES``), and ``pick_style`` draws one style per problem
-from a mix: the synth stage's ``style_mix``, which the tiny recipe uses (recipes/tiny/synth.yaml says
-which mix and why). Every rewrite keeps the program's output; the answer stays the last line printed.
+``assert`` checks, a labelled answer, an explanation; see ``FEATURES``), and ``pick_style`` draws one
+style per problem from a mix: the synth stage's ``style_mix``, which the tiny recipe uses
+(recipes/tiny/synth.yaml says which mix and why). Every rewrite keeps the answer the program prints,
+on the last line of its output (``label`` prints it after ``Answer:``, which the answer reader takes).
 
 Only straight-line, top-level code is inlined: a program with a loop, a function, a ``global``,
 ``del``, augmented assignments to the variable or a read inside a nested scope keeps the variable.
@@ -179,15 +180,18 @@ def chosen_for_rewrite(problem_id: str, fraction: float, seed: int = 0) -> bool:
 #                assignment: nothing but the print reads it);
 #   prints       ``print('<name>:', <name>)`` after every computed assignment before the final print
 #                (intermediate prints; the answer is still the last line printed);
+#   label        the final ``print(x)`` prints the answer after a label, ``print('Answer:', x)`` (the
+#                sandbox's answer reader takes the value after ``Answer:``, rewards/extract.py);
 #   comments     a comment line right before every statement that computes (after the givens it
 #                reads) and before the final answer, saying what it does;
 #   explanation  a comment line after the program (``add_explanation``).
 # Every feature is an AST rewrite of straight-line top-level code; a program it cannot rewrite
 # (control flow, no final print, a name it would shadow) gives None and is kept as it was.
 
-FEATURES = ("inline", "no_asserts", "fold", "answer_var", "prints", "comments", "explanation")
+FEATURES = ("inline", "no_asserts", "fold", "answer_var", "prints", "label", "comments", "explanation")
 PLAIN = "plain"
 ANSWER_NAME = "answer"
+ANSWER_LABEL = "Answer:"
 
 
 def style_features(style: str) -> tuple[str, ...]:
@@ -324,6 +328,16 @@ def _add_prints(body: list[ast.stmt]) -> bool:
     return added
 
 
+def _label_answer(body: list[ast.stmt]) -> bool:
+    """The final ``print(x)`` prints the answer with a label: ``print('Answer:', x)`` (the sandbox's
+    answer reader takes the value after ``Answer:``)."""
+    call = _final_print(body)
+    if call is None:
+        return False
+    call.args[:0] = [ast.Constant(ANSWER_LABEL)]
+    return True
+
+
 _OP_WORDS = {ast.Add: "plus", ast.Sub: "minus", ast.Mult: "times", ast.FloorDiv: "divided by",
              ast.Div: "divided by", ast.Mod: "modulo"}
 
@@ -376,7 +390,8 @@ def _comment_lines(program: str) -> str | None:
 
 
 # the features that rewrite the AST, in FEATURES order; each returns False when it cannot apply
-_REWRITES = {"no_asserts": _drop_asserts, "fold": _fold_answer, "answer_var": _add_answer_var, "prints": _add_prints}
+_REWRITES = {"no_asserts": _drop_asserts, "fold": _fold_answer, "answer_var": _add_answer_var, "prints": _add_prints,
+             "label": _label_answer}
 
 
 def apply_style(program: str, style: str, key: str = "") -> str | None:
