@@ -181,7 +181,7 @@ def chosen_for_rewrite(problem_id: str, fraction: float, seed: int = 0) -> bool:
 #   prints       ``print('<name>:', <name>)`` after every computed assignment before the final print
 #                (intermediate prints; the answer is still the last line printed);
 #   label        the final ``print(x)`` prints the answer after a label, ``print('Answer:', x)`` (the
-#                sandbox's answer reader takes the value after ``Answer:``, rewards/extract.py);
+#                sandbox returns that last line, and rewards/extract.py reads the value after ``Answer:``);
 #   comments     a comment line right before every statement that computes (after the givens it
 #                reads) and before the final answer, saying what it does;
 #   explanation  a comment line after the program (``add_explanation``).
@@ -329,8 +329,8 @@ def _add_prints(body: list[ast.stmt]) -> bool:
 
 
 def _label_answer(body: list[ast.stmt]) -> bool:
-    """The final ``print(x)`` prints the answer with a label: ``print('Answer:', x)`` (the sandbox's
-    answer reader takes the value after ``Answer:``)."""
+    """The final ``print(x)`` prints the answer with a label: ``print('Answer:', x)`` (rewards/extract.py
+    reads the value after ``Answer:`` on the last line the sandbox returns)."""
     call = _final_print(body)
     if call is None:
         return False

@@ -1,7 +1,7 @@
 """Strip a PoT program to what computes and prints its answer, on the AST (never with regexes).
 
 :func:`strip_program` removes, from a program that prints its answer on the last line of its
-output (the PoT answer contract, ``sandbox.config.extract_answer``):
+output (the PoT answer contract, ``sandbox.config.last_output_line``):
 
 - ``comments``: every comment (Python's own tokenizer finds them, so a ``#`` inside a string stays);
 - ``docstrings``: string literals standing alone as statements (docstrings and string "comments");
