@@ -195,6 +195,18 @@ def story_rows(acc: list[dict]) -> list[dict]:
     return rows
 
 
+def _label_offset(row: dict, sets: list[str], k: int, close: float = 8.0) -> int:
+    """The vertical offset, in points, of the pass@1 label of ``sets[k]`` in a story row: above the point,
+    or below it when another set's value at the same stage is within ``close`` points above it (or equal
+    and listed earlier), so that two labels never print over each other (both splits near 100%)."""
+    y = 100 * row[f"pass@1 {sets[k]}"]
+    for j, source in enumerate(sets):
+        other = row[f"pass@1 {source}"]
+        if j != k and other is not None and 0 <= 100 * other - y < close and (100 * other > y or j < k):
+            return -12
+    return 6
+
+
 def plot_story(rows: list[dict], out: Path) -> bool:
     """pass@1 on each eval set (top) and mean completion tokens (bottom), stage by stage."""
     if not rows:
@@ -204,16 +216,16 @@ def plot_story(rows: list[dict], out: Path) -> bool:
     plt = _plt()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 1.3 * len(labels) + 3), 6), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 2]})
-    for source in sets:
+    for k, source in enumerate(sets):  # k: the set's index, for _label_offset
         pts = [(i, 100 * r[f"pass@1 {source}"]) for i, r in enumerate(rows) if r[f"pass@1 {source}"] is not None]
         line = top.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=source)[0]
         for x, y in pts:
-            top.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7,
-                         color=line.get_color())
+            top.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, _label_offset(rows[x], sets, k)),
+                         ha="center", fontsize=7, color=line.get_color())
         pts = [(i, r[f"tokens {source}"]) for i, r in enumerate(rows) if r[f"tokens {source}"] is not None]
         bottom.plot([p[0] for p in pts], [p[1] for p in pts], marker="s", label=source, color=line.get_color())
     top.set_ylabel("greedy pass@1 (%)")
-    top.set_ylim(0, 105)
+    top.set_ylim(0, 108)
     top.set_title("The run, stage by stage", fontsize=11)
     top.set_xlim(-0.5, len(labels) - 0.5)
     top.legend(fontsize=8)

@@ -60,11 +60,12 @@ def check(run: Path) -> list[str]:
 
 def check_brevity(run: Path) -> list[str]:
     """dpo and length_rl (issues 17 and 14) make the programs shorter while staying right: dpo at least 15%
-    fewer completion tokens on the usual split than its parent, length_rl at least 10% fewer than dpo (the
-    folded answer and the unchecked division, docs/rl.md), each with pass@1 no more than 1 point below its
-    parent on both splits."""
+    fewer completion tokens on the usual split than its parent (issue 17), length_rl at least 20% fewer than
+    its parent, dpo (issue 14; issue 17 asks 10%: the folded answer, the unchecked division and the
+    answer's label left out, docs/rl.md), each with pass@1 no more than 1 point below its parent on both
+    splits."""
     broken = []
-    chain = (("dpo", "revise", 0.15), ("length_rl", "dpo", 0.10))
+    chain = (("dpo", "revise", 0.15), ("length_rl", "dpo", 0.20))
     for stage, parent, cut in chain:
         now, before = _metrics(run, stage)["eval"], _metrics(run, parent)["eval"]
         tokens, parent_tokens = now[USUAL]["mean_completion_tokens"], before[USUAL]["mean_completion_tokens"]

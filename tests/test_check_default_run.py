@@ -64,14 +64,14 @@ def _evals(tmp_path: Path, checker, figures: dict[str, tuple[float, float, float
 
 
 def test_brevity_promises_pass_on_the_default_runs_figures(tmp_path, checker):
-    # the default run with the teacher's unchecked divisions (2026-12-06, eighth session; docs/rl.md)
-    run = _evals(tmp_path, checker, {"revise": (0.972, 0.900, 61.4), "dpo": (0.994, 0.897, 37.3),
-                                     "length_rl": (0.996, 0.950, 32.9)})
+    # the default run with the teacher's labelled answers (2026-12-06, eleventh session; docs/rl.md)
+    run = _evals(tmp_path, checker, {"revise": (0.974, 0.957, 60.7), "dpo": (0.996, 0.967, 42.5),
+                                     "length_rl": (0.996, 0.993, 33.0)})
     assert checker.check_brevity(run) == []
-    # the seventh session's run: length_rl -8.6% after dpo, short of the 10% the check asks
-    run = _evals(tmp_path / "seventh", checker, {"revise": (0.978, 0.810, 54.7), "dpo": (0.968, 0.867, 37.4),
-                                                 "length_rl": (0.986, 0.890, 34.2)})
-    assert checker.check_brevity(run) == ["length_rl: usual split 34.2 tokens, not 10% fewer than dpo's 37.4"]
+    # the ninth session's run: length_rl -14.0% after dpo (issue 17's 10%), short of issue 14's 20%
+    run = _evals(tmp_path / "ninth", checker, {"revise": (0.984, 0.893, 62.2), "dpo": (0.990, 0.933, 37.8),
+                                               "length_rl": (1.000, 0.930, 32.5)})
+    assert checker.check_brevity(run) == ["length_rl: usual split 32.5 tokens, not 20% fewer than dpo's 37.8"]
 
 
 def test_each_broken_brevity_promise_is_named(tmp_path, checker):
@@ -81,6 +81,6 @@ def test_each_broken_brevity_promise_is_named(tmp_path, checker):
     problems = checker.check_brevity(run)
     assert problems == [
         "dpo: usual pass@1 0.964, more than 1 point below revise's 0.984",
-        "length_rl: usual split 38.0 tokens, not 10% fewer than dpo's 38.0",
+        "length_rl: usual split 38.0 tokens, not 20% fewer than dpo's 38.0",
         "length_rl: hard pass@1 0.870, more than 1 point below dpo's 0.890",
     ]

@@ -176,3 +176,15 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path):
     broken = {Path(i["src"]).name: i for i in _images(_run_chromium("--dump-dom", html_path.resolve().as_uri()))}
     assert broken["prm.png"]["naturalWidth"] == 0 and broken["accuracy.png"]["naturalWidth"] > 0
     report.build(run_dir)  # restore for other tests
+
+
+def test_story_labels_of_close_values_do_not_overlap():
+    sets = ["hard", "usual", "gsm8k"]
+    row = {"pass@1 hard": 0.953, "pass@1 usual": 0.990, "pass@1 gsm8k": 0.0}
+    # hard just under usual: its label goes below the point, usual's and gsm8k's (far away) stay above
+    assert [report._label_offset(row, sets, k) for k in range(3)] == [-12, 6, 6]
+    row = {"pass@1 hard": 0.996, "pass@1 usual": 0.996, "pass@1 gsm8k": None}
+    # equal values: the set listed later goes below, so the two labels still differ
+    assert [report._label_offset(row, sets, k) for k in range(2)] == [6, -12]
+    row = {"pass@1 hard": 0.653, "pass@1 usual": 0.998, "pass@1 gsm8k": 0.0}
+    assert [report._label_offset(row, sets, k) for k in range(3)] == [6, 6, 6]
