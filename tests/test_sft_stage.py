@@ -60,7 +60,7 @@ def test_sft_writes_checkpoint_then_skips(tmp_path):
     again = _sft(tmp_path, "r")
     assert "already complete" in again.stdout
     assert _versions(tmp_path / "r" / "sft") == ["v1"]
-    changed = _sft(tmp_path, "r", "--learning_rate", "1e-3")
+    changed = _sft(tmp_path, "r", "--learning_rate", "5e-4")
     assert "wrote" in changed.stdout and _versions(tmp_path / "r" / "sft") == ["v1", "v2"]
 
 
