@@ -47,6 +47,7 @@ def check(run: Path) -> list[str]:
         broken.append(f"sft: usual split pass@1 {sft[USUAL]['pass@1']:.3f} < 0.90")
     if not 0.10 <= sft[HARD]["pass@1"] <= 0.70:
         broken.append(f"sft: hard split pass@1 {sft[HARD]['pass@1']:.3f} outside [0.10, 0.70] (solved only sometimes)")
+    broken += check_learning(run)
     broken += check_brevity(run)
     broken += check_repair(run)
     bon = _metrics(run, "prm")["best_of_n"]
@@ -55,6 +56,28 @@ def check(run: Path) -> list[str]:
                       f"{bon['random_expected_accuracy']:.3f}")
     if not (run / "report.html").is_file():
         broken.append(f"no report: {run / 'report.html'}")
+    return broken
+
+
+def check_learning(run: Path) -> list[str]:
+    """grpo and evolve (issues 14 and 15) learn on the hard split without losing the usual one: grpo at least
+    5 points of hard pass@1 over its parent (sft) with at most half of its groups without a spread in
+    correctness on average, evolve at least 10 over its parent (grpo), each with usual pass@1 no more than 1
+    point below its parent's."""
+    broken = []
+    for stage, parent, gain in (("grpo", "sft", 0.05), ("evolve", "grpo", 0.10)):
+        metrics = _metrics(run, stage)
+        now, before = metrics["eval"], _metrics(run, parent)["eval"]
+        if now[HARD]["pass@1"] - before[HARD]["pass@1"] < gain - 1e-9:
+            broken.append(f"{stage}: hard pass@1 {now[HARD]['pass@1']:.3f}, not {gain * 100:.0f} points over "
+                          f"{parent}'s {before[HARD]['pass@1']:.3f}")
+        if before[USUAL]["pass@1"] - now[USUAL]["pass@1"] > 0.01 + 1e-9:
+            broken.append(f"{stage}: usual pass@1 {now[USUAL]['pass@1']:.3f}, more than 1 point below "
+                          f"{parent}'s {before[USUAL]['pass@1']:.3f}")
+        share = (metrics.get("zero_spread") or {}).get("mean_share")
+        if stage == "grpo" and (share is None or share >= 0.5):
+            broken.append(f"grpo: zero-spread groups {share if share is None else format(share, '.0%')} "
+                          "on average, not under 50%")
     return broken
 
 

@@ -84,3 +84,38 @@ def test_each_broken_brevity_promise_is_named(tmp_path, checker):
         "length_rl: usual split 38.0 tokens, not 20% fewer than dpo's 38.0",
         "length_rl: hard pass@1 0.870, more than 1 point below dpo's 0.890",
     ]
+
+
+def _learning(tmp_path: Path, checker, figures: dict[str, tuple[float, float]], zero_spread: float | None) -> Path:
+    """Fake metrics.json for sft, grpo and evolve: (usual pass@1, hard pass@1), grpo's zero-spread share."""
+    run = _evals(tmp_path, checker, {stage: (usual, hard, 50.0) for stage, (usual, hard) in figures.items()})
+    if zero_spread is not None:
+        grpo = run / "grpo" / "latest" / "metrics.json"
+        metrics = json.loads(grpo.read_text())
+        metrics["zero_spread"] = {"mean_share": zero_spread}
+        grpo.write_text(json.dumps(metrics))
+    return run
+
+
+def test_learning_promises_pass_on_the_default_runs_figures(tmp_path, checker):
+    # the default run of the eleventh session (docs/rl.md): evolve's usual split exactly 1 point down, allowed
+    run = _learning(tmp_path, checker, {"sft": (0.998, 0.653), "grpo": (1.000, 0.830), "evolve": (0.990, 0.953)},
+                    zero_spread=0.35)
+    assert checker.check_learning(run) == []
+
+
+def test_each_broken_learning_promise_is_named(tmp_path, checker):
+    # pass@1 of the tenth session's chain G (an SFT policy that solves 84% of the hard split left grpo and
+    # evolve little to learn; docs/rl.md), with a zero-spread share made up over the limit
+    run = _learning(tmp_path, checker, {"sft": (0.994, 0.840), "grpo": (0.996, 0.847), "evolve": (0.984, 0.887)},
+                    zero_spread=0.62)
+    assert checker.check_learning(run) == [
+        "grpo: hard pass@1 0.847, not 5 points over sft's 0.840",
+        "grpo: zero-spread groups 62% on average, not under 50%",
+        "evolve: hard pass@1 0.887, not 10 points over grpo's 0.847",
+        "evolve: usual pass@1 0.984, more than 1 point below grpo's 0.996",
+    ]
+    # a grpo stage that did not log its zero-spread share is not taken on trust
+    run = _learning(tmp_path / "unlogged", checker, {"sft": (0.9, 0.3), "grpo": (0.9, 0.4), "evolve": (0.9, 0.6)},
+                    zero_spread=None)
+    assert checker.check_learning(run) == ["grpo: zero-spread groups None on average, not under 50%"]
