@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo: eval.r
 from eval.results import read_results  # noqa: E402
 
 USUAL, HARD = "arith:test:500", "arith:test:300:0:levels=4"
+SPLIT_NAMES = {USUAL: "usual", HARD: "hard"}
 STAGES = ("synth", "sft", "prm", "grpo", "evolve", "revise", "dpo", "length_rl")
 POLICY_STAGES = ("sft", "grpo", "evolve", "revise", "dpo", "length_rl")
 
@@ -71,9 +72,7 @@ def check_learning(run: Path) -> list[str]:
         if now[HARD]["pass@1"] - before[HARD]["pass@1"] < gain - 1e-9:
             broken.append(f"{stage}: hard pass@1 {now[HARD]['pass@1']:.3f}, not {gain * 100:.0f} points over "
                           f"{parent}'s {before[HARD]['pass@1']:.3f}")
-        if before[USUAL]["pass@1"] - now[USUAL]["pass@1"] > 0.01 + 1e-9:
-            broken.append(f"{stage}: usual pass@1 {now[USUAL]['pass@1']:.3f}, more than 1 point below "
-                          f"{parent}'s {before[USUAL]['pass@1']:.3f}")
+        broken += _points_lost(stage, parent, now, before, (USUAL,))
         share = (metrics.get("zero_spread") or {}).get("mean_share")
         if stage == "grpo" and (share is None or share >= 0.5):
             broken.append(f"grpo: zero-spread groups {share if share is None else format(share, '.0%')} "
@@ -95,12 +94,15 @@ def check_brevity(run: Path) -> list[str]:
         if tokens > (1 - cut) * parent_tokens:
             broken.append(f"{stage}: usual split {tokens:.1f} tokens, not {cut:.0%} fewer than {parent}'s "
                           f"{parent_tokens:.1f}")
-        for name, label in ((USUAL, "usual"), (HARD, "hard")):
-            drop = before[name]["pass@1"] - now[name]["pass@1"]
-            if drop > 0.01 + 1e-9:
-                broken.append(f"{stage}: {label} pass@1 {now[name]['pass@1']:.3f}, more than 1 point below "
-                              f"{parent}'s {before[name]['pass@1']:.3f}")
+        broken += _points_lost(stage, parent, now, before, (USUAL, HARD))
     return broken
+
+
+def _points_lost(stage: str, parent: str, now: dict, before: dict, splits: tuple[str, ...]) -> list[str]:
+    """Each split of ``splits`` on which ``stage``'s pass@1 is more than 1 point below its parent's."""
+    return [f"{stage}: {SPLIT_NAMES[name]} pass@1 {now[name]['pass@1']:.3f}, more than 1 point below "
+            f"{parent}'s {before[name]['pass@1']:.3f}"
+            for name in splits if before[name]["pass@1"] - now[name]["pass@1"] > 0.01 + 1e-9]
 
 
 def _repair(run: Path, stage: str) -> dict[str, dict]:
@@ -124,7 +126,7 @@ def check_repair(run: Path) -> list[str]:
         if set(repaired) != {USUAL, HARD}:
             broken.append(f"{stage}: no eval with repair on both splits (found {sorted(repaired)})")
             continue
-        for name, label in ((USUAL, "usual"), (HARD, "hard")):
+        for name, label in SPLIT_NAMES.items():
             m = repaired[name]
             same = (m.get("best_of_same_budget") or {}).get("pass@1")
             print(f"{stage:<10} {label:<6} {m['pass@1_before']:>7.3f} {m['pass@1']:>7.3f} {m['fixed']:>6} "
